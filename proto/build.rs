@@ -1,0 +1,15 @@
+//! Compiles `vitrine/v1/*.proto` with `protox` (pure Rust), so building the
+//! workspace never needs a system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["vitrine/v1/vitrine.proto", "vitrine/v1/shard.proto"];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["."])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    // compile_fds does not write the descriptor set itself; reflection needs it.
+    std::fs::write(out.join("vitrine_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! Talking to shards: one lazily connected channel per shard, calls bounded by
+//! the request deadline, and the search fan-out with coverage accounting.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::future::join_all;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use tracing::Instrument;
+use vitrine_proto::pb::{self, shard_client::ShardClient};
+
+use crate::deadline::Deadline;
+use crate::merge::merge_top_k;
+use crate::topk::per_shard_k;
+
+/// One physical shard as the router sees it.
+#[derive(Clone)]
+pub struct ShardHandle {
+    pub id: u32,
+    pub address: String,
+    client: ShardClient<Channel>,
+}
+
+/// All shards plus the fan-out policy.
+pub struct Shards {
+    shards: Vec<ShardHandle>,
+    /// Fraction of shards that must answer a read; below it the read fails
+    /// with UNAVAILABLE rather than returning a misleadingly partial answer.
+    pub min_coverage: f64,
+    /// Confidence of the per-shard k bound (see `topk`).
+    pub topk_probability: f64,
+    next_embedder: AtomicUsize,
+}
+
+/// Result of a read fan-out.
+#[derive(Debug)]
+pub struct Gathered<T> {
+    pub answers: Vec<(u32, T)>,
+    pub coverage: pb::Coverage,
+}
+
+impl Shards {
+    /// Creates lazily connected channels: a shard that is down at start-up is
+    /// connected when it comes up, without restarting the router.
+    pub fn connect(addresses: &[String], max_message_bytes: usize) -> anyhow::Result<Self> {
+        let mut shards = Vec::with_capacity(addresses.len());
+        for (i, addr) in addresses.iter().enumerate() {
+            let uri = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
+            let endpoint = Endpoint::from_shared(uri.clone())
+                .map_err(|e| anyhow::anyhow!("shard address {addr:?}: {e}"))?
+                // Dead shards must fail fast so reads can degrade instead of waiting.
+                .connect_timeout(Duration::from_millis(250))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5));
+            let client = ShardClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes);
+            shards.push(ShardHandle { id: i as u32, address: addr.clone(), client });
+        }
+        Ok(Self { shards, min_coverage: 0.5, topk_probability: 0.9999, next_embedder: AtomicUsize::new(0) })
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
+
+    pub fn get(&self, id: u32) -> Option<&ShardHandle> {
+        self.shards.get(id as usize)
+    }
+
+    pub fn all(&self) -> &[ShardHandle] {
+        &self.shards
+    }
+
+    /// Calls one shard within the deadline. Timeouts become DEADLINE_EXCEEDED
+    /// naming the shard; transport failures UNAVAILABLE.
+    pub async fn call<T, Fut>(
+        &self,
+        shard: u32,
+        deadline: Deadline,
+        f: impl FnOnce(ShardClient<Channel>, Duration) -> Fut,
+    ) -> Result<T, Status>
+    where
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let handle = self.get(shard).ok_or_else(|| Status::internal(format!("no shard {shard}")))?;
+        let budget = deadline.stage_budget();
+        let fut = f(handle.client.clone(), budget);
+        match tokio::time::timeout(budget, fut).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(annotate(status, handle)),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "shard {} ({}) did not answer within {} ms",
+                handle.id,
+                handle.address,
+                budget.as_millis()
+            ))),
+        }
+    }
+
+    /// Sends a read to every shard and keeps what arrives before the deadline.
+    /// Client errors (INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND) are
+    /// returned as errors, since every shard would say the same; anything
+    /// else counts against coverage.
+    pub async fn gather<T, Fut>(
+        &self,
+        deadline: Deadline,
+        f: impl Fn(ShardClient<Channel>, Duration) -> Fut,
+    ) -> Result<Gathered<T>, Status>
+    where
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let calls = self.shards.iter().map(|h| {
+            let fut = self.call(h.id, deadline, &f);
+            async move { (h.id, fut.await) }
+        });
+        let results = join_all(calls).await;
+        let asked = results.len() as u32;
+        let mut answers = Vec::with_capacity(results.len());
+        let mut failures = Vec::new();
+        for (id, r) in results {
+            match r {
+                Ok(v) => answers.push((id, v)),
+                Err(s) if is_client_error(s.code()) => return Err(s),
+                Err(s) => {
+                    tracing::warn!(shard = id, code = ?s.code(), error = s.message(), "shard missing from fan-out");
+                    failures.push(s.message().to_string());
+                }
+            }
+        }
+        let answered = answers.len() as u32;
+        let coverage = pb::Coverage { shards_asked: asked, shards_answered: answered, degraded: answered < asked };
+        if asked > 0 && (answered == 0 || (answered as f64) < self.min_coverage * asked as f64) {
+            return Err(Status::unavailable(format!(
+                "only {answered} of {asked} shards answered (minimum coverage {:.0}%): {}",
+                self.min_coverage * 100.0,
+                failures.join("; ")
+            )));
+        }
+        Ok(Gathered { answers, coverage })
+    }
+
+    /// Top-k over the whole cluster for a unit vector.
+    pub async fn search(
+        &self,
+        deadline: Deadline,
+        request: pb::ShardSearchRequest,
+        k: usize,
+    ) -> Result<(Vec<pb::ScoredItem>, pb::Coverage), Status> {
+        let mut request = request;
+        // Shards apply filters and exclusions themselves, so the hash
+        // argument of `topk` holds for the items that remain.
+        let per_shard = per_shard_k(k, self.len(), self.topk_probability).min(k);
+        request.k = per_shard as u32;
+        let span = tracing::info_span!("fanout.search", k, per_shard, shards = self.len());
+        let gathered = self
+            .gather(deadline, |mut c, budget| {
+                let mut r = Request::new(request.clone());
+                r.set_timeout(budget);
+                async move { c.search(r).await }
+            })
+            .instrument(span)
+            .await?;
+        let lists = gathered.answers.into_iter().map(|(_, r)| r.hits).collect();
+        Ok((merge_top_k(lists, k), gathered.coverage))
+    }
+
+    /// Embeds a query on one shard (round-robin, falling through to the next
+    /// on failure): the router fans out the resulting vector, so a query is
+    /// embedded once per request, not once per shard.
+    pub async fn embed(&self, deadline: Deadline, input: pb::embed_request::Input) -> Result<Vec<f32>, Status> {
+        let start = self.next_embedder.fetch_add(1, Ordering::Relaxed);
+        let mut last = Status::unavailable("no shards configured");
+        for i in 0..self.len() {
+            let shard = ((start + i) % self.len()) as u32;
+            let req = pb::EmbedRequest { input: Some(input.clone()) };
+            let result = self
+                .call(shard, deadline, |mut c, budget| {
+                    let mut r = Request::new(req);
+                    r.set_timeout(budget);
+                    async move { c.embed(r).await }
+                })
+                .await;
+            match result {
+                Ok(resp) => return resp.vector.map(|v| v.values).ok_or_else(|| Status::internal("shard returned no vector")),
+                Err(s) if is_client_error(s.code()) => return Err(s),
+                Err(s) => last = s,
+            }
+            if deadline.remaining().is_zero() {
+                break;
+            }
+        }
+        Err(Status::unavailable(format!("no shard could embed the query: {}", last.message())))
+    }
+}
+
+fn is_client_error(code: Code) -> bool {
+    matches!(code, Code::InvalidArgument | Code::FailedPrecondition | Code::NotFound | Code::OutOfRange)
+}
+
+fn annotate(status: Status, handle: &ShardHandle) -> Status {
+    if is_client_error(status.code()) {
+        return status;
+    }
+    let code = match status.code() {
+        // A refused or reset connection surfaces as UNKNOWN/CANCELLED; to the
+        // client it means the same thing: this shard is not there now.
+        Code::Unknown | Code::Cancelled => Code::Unavailable,
+        c => c,
+    };
+    Status::new(code, format!("shard {} ({}): {}", handle.id, handle.address, status.message()))
+}

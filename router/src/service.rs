@@ -1,0 +1,553 @@
+//! The public `Vitrine` gRPC service: validation at the edge, routing of
+//! writes to owning shards, fan-out of reads, merge.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::join_all;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+use vitrine_proto::{pb, validate, Filter, Limits};
+
+use crate::deadline::Deadline;
+use crate::fanout::Shards;
+use crate::recommend::{user_vector, Touch, UserVectorParams};
+use crate::topology::Topology;
+
+/// Longest deadline honoured from a client.
+const MAX_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Router settings the service needs.
+#[derive(Debug, Clone)]
+pub struct RouterSettings {
+    /// Default deadline of reads without `grpc-timeout`. Vespa's 500 ms soft
+    /// timeout is the model; 1 s leaves room for text embedding under load.
+    pub read_timeout: Duration,
+    /// Default deadline of writes: a batch may need embedding of many items.
+    pub write_timeout: Duration,
+    pub limits: Limits,
+    pub user_vector: UserVectorParams,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        Self {
+            read_timeout: Duration::from_millis(1000),
+            write_timeout: Duration::from_secs(60),
+            limits: Limits::default(),
+            user_vector: UserVectorParams::default(),
+        }
+    }
+}
+
+/// The router's state.
+pub struct Router {
+    shards: Arc<Shards>,
+    topology: Topology,
+    settings: RouterSettings,
+    /// Vector dimension learnt from the shards (0 until one answered).
+    dimension: AtomicUsize,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn request_span(name: &'static str) -> tracing::Span {
+    tracing::info_span!("rpc", method = name, request_id = %uuid::Uuid::new_v4())
+}
+
+impl Router {
+    pub fn new(shards: Arc<Shards>, topology: Topology, settings: RouterSettings) -> Self {
+        Self { shards, topology, settings, dimension: AtomicUsize::new(0) }
+    }
+
+    pub fn shards(&self) -> &Shards {
+        &self.shards
+    }
+
+    fn read_deadline<T>(&self, r: &Request<T>) -> Deadline {
+        Deadline::from_metadata(r.metadata(), self.settings.read_timeout, MAX_DEADLINE)
+    }
+
+    fn write_deadline<T>(&self, r: &Request<T>) -> Deadline {
+        Deadline::from_metadata(r.metadata(), self.settings.write_timeout, MAX_DEADLINE)
+    }
+
+    /// The cluster's vector dimension, asking the shards if not yet known.
+    /// `None` when no shard answers; shards then validate on their own.
+    async fn dimension(&self, deadline: Deadline) -> Option<usize> {
+        match self.dimension.load(Ordering::Relaxed) {
+            0 => {
+                let infos = self.shard_infos(deadline).await;
+                infos.iter().flatten().map(|i| i.dimension as usize).find(|&d| d > 0)
+            }
+            d => Some(d),
+        }
+    }
+
+    /// Info from every shard (None where it did not answer); also learns the dimension.
+    async fn shard_infos(&self, deadline: Deadline) -> Vec<Option<pb::ShardInfo>> {
+        let calls = self.shards.all().iter().map(|h| {
+            self.shards.call(h.id, deadline, |mut c, budget| {
+                let mut r = Request::new(pb::ClusterInfoRequest {});
+                r.set_timeout(budget);
+                async move { c.info(r).await }
+            })
+        });
+        let infos: Vec<Option<pb::ShardInfo>> = join_all(calls).await.into_iter().map(Result::ok).collect();
+        if let Some(d) = infos.iter().flatten().map(|i| i.dimension as usize).find(|&d| d > 0) {
+            self.dimension.store(d, Ordering::Relaxed);
+        }
+        infos
+    }
+
+    fn group<T>(&self, items: Vec<T>, key: impl Fn(&T) -> &str) -> BTreeMap<u32, Vec<T>> {
+        let mut groups: BTreeMap<u32, Vec<T>> = BTreeMap::new();
+        for it in items {
+            groups.entry(self.topology.shard_of(key(&it))).or_default().push(it);
+        }
+        groups
+    }
+
+    /// Sends each group to its shard concurrently. All must succeed: a write
+    /// a shard did not acknowledge is reported, with how much the others
+    /// acknowledged, so the client can retry (every write is idempotent).
+    async fn write_grouped<T, R, Fut>(
+        &self,
+        deadline: Deadline,
+        groups: BTreeMap<u32, Vec<T>>,
+        what: &str,
+        f: impl Fn(u32, Vec<T>, Duration) -> Fut,
+    ) -> Result<Vec<R>, Status>
+    where
+        Fut: std::future::Future<Output = Result<R, Status>>,
+    {
+        let sizes: BTreeMap<u32, usize> = groups.iter().map(|(s, v)| (*s, v.len())).collect();
+        let calls = groups.into_iter().map(|(shard, batch)| {
+            let fut = f(shard, batch, deadline.stage_budget());
+            async move { (shard, fut.await) }
+        });
+        let mut ok = Vec::new();
+        let mut acked = 0usize;
+        let mut failed: Vec<(u32, Status)> = Vec::new();
+        for (shard, r) in join_all(calls).await {
+            match r {
+                Ok(v) => {
+                    acked += sizes[&shard];
+                    ok.push(v);
+                }
+                Err(s) => failed.push((shard, s)),
+            }
+        }
+        if failed.is_empty() {
+            return Ok(ok);
+        }
+        // A validation error means the request is wrong, whichever shard said it.
+        if let Some((_, s)) = failed.iter().find(|(_, s)| s.code() == tonic::Code::InvalidArgument) {
+            return Err(s.clone());
+        }
+        let code = if failed.iter().any(|(_, s)| s.code() == tonic::Code::ResourceExhausted) {
+            tonic::Code::ResourceExhausted
+        } else {
+            tonic::Code::Unavailable
+        };
+        let details: Vec<String> = failed.iter().map(|(sh, s)| format!("{} {what} not acknowledged by {}", sizes[sh], s.message())).collect();
+        Err(Status::new(
+            code,
+            format!("{}; {acked} {what} were acknowledged by other shards; writes are idempotent, retry the request", details.join("; ")),
+        ))
+    }
+
+    async fn upsert_batch(&self, deadline: Deadline, items: Vec<pb::Item>) -> Result<pb::UpsertItemsResponse, Status> {
+        let dim = self.dimension(deadline).await;
+        if let Some(dim) = dim {
+            // Text embedding ability is checked on the shard; here everything else.
+            validate::items(&items, dim, true, &self.settings.limits)?;
+        } else {
+            for it in &items {
+                validate::id("item id", &it.id, &self.settings.limits)?;
+            }
+        }
+        let groups = self.group(items, |it| it.id.as_str());
+        let shards = &self.shards;
+        let results = self
+            .write_grouped(deadline, groups, "items", |shard, items, budget| async move {
+                shards
+                    .call(shard, deadline, |mut c, _| {
+                        let mut r = Request::new(pb::ShardUpsertRequest { items });
+                        r.set_timeout(budget);
+                        async move { c.upsert(r).await }
+                    })
+                    .await
+            })
+            .await?;
+        Ok(results.into_iter().fold(pb::UpsertItemsResponse::default(), |acc, r| pb::UpsertItemsResponse {
+            upserted: acc.upserted + r.upserted,
+            embedded: acc.embedded + r.embedded,
+        }))
+    }
+
+    /// Items by id, with vectors when asked. Returns found items keyed by id
+    /// and the shards that could not be read.
+    async fn fetch_items(
+        &self,
+        deadline: Deadline,
+        ids: Vec<String>,
+        with_vectors: bool,
+    ) -> (HashMap<String, pb::Item>, Vec<Status>) {
+        let groups = self.group(ids, |s| s.as_str());
+        let calls = groups.into_iter().map(|(shard, ids)| {
+            self.shards.call(shard, deadline, move |mut c, budget| {
+                let mut r = Request::new(pb::GetItemsRequest { ids, with_vectors });
+                r.set_timeout(budget);
+                async move { c.get(r).await }
+            })
+        });
+        let mut found = HashMap::new();
+        let mut errors = Vec::new();
+        for r in join_all(calls).await {
+            match r {
+                Ok(resp) => found.extend(resp.items.into_iter().map(|it| (it.id.clone(), it))),
+                Err(s) => errors.push(s),
+            }
+        }
+        (found, errors)
+    }
+
+    async fn query_vector(&self, deadline: Deadline, query: Option<pb::search_request::Query>) -> Result<Vec<f32>, Status> {
+        use pb::search_request::Query;
+        let limits = &self.settings.limits;
+        match query {
+            Some(Query::Text(text)) => {
+                if text.trim().is_empty() {
+                    return Err(Status::invalid_argument("query text is empty"));
+                }
+                if text.len() > limits.max_description_bytes {
+                    return Err(Status::invalid_argument(format!(
+                        "query text is {} bytes; the limit is {}",
+                        text.len(),
+                        limits.max_description_bytes
+                    )));
+                }
+                self.shards.embed(deadline, pb::embed_request::Input::Text(text)).await
+            }
+            Some(Query::Image(bytes)) => {
+                validate::image("query image", &bytes, limits)?;
+                self.shards.embed(deadline, pb::embed_request::Input::Image(bytes)).await
+            }
+            Some(Query::Vector(v)) => match self.dimension(deadline).await {
+                Some(dim) => Ok(validate::vector("query vector", &v.values, dim)?),
+                None => Ok(v.values),
+            },
+            None => Err(Status::invalid_argument("search needs a query: text, image or vector")),
+        }
+    }
+}
+
+/// The tonic service wrapper.
+#[derive(Clone)]
+pub struct VitrineService {
+    router: Arc<Router>,
+}
+
+impl VitrineService {
+    pub fn new(router: Arc<Router>) -> Self {
+        Self { router }
+    }
+}
+
+fn validate_filter(f: Option<&pb::Filter>) -> Result<(), Status> {
+    Filter::from_optional(f)?;
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl pb::vitrine_server::Vitrine for VitrineService {
+    async fn upsert_items(&self, request: Request<pb::UpsertItemsRequest>) -> Result<Response<pb::UpsertItemsResponse>, Status> {
+        let r = &self.router;
+        let deadline = r.write_deadline(&request);
+        let items = request.into_inner().items;
+        let span = request_span("UpsertItems");
+        span.record("items", items.len());
+        Ok(Response::new(r.upsert_batch(deadline, items).instrument(span).await?))
+    }
+
+    async fn upsert_items_stream(
+        &self,
+        request: Request<Streaming<pb::UpsertItemsRequest>>,
+    ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
+        let r = &self.router;
+        let deadline = r.write_deadline(&request);
+        let mut stream = request.into_inner();
+        let span = request_span("UpsertItemsStream");
+        async move {
+            let mut total = pb::UpsertItemsResponse::default();
+            let mut batches = 0u32;
+            while let Some(msg) = stream.next().await {
+                let fail = |s: Status, total: &pb::UpsertItemsResponse| {
+                    Status::new(
+                        s.code(),
+                        format!("batch {} failed after {} items were acknowledged: {}", batches + 1, total.upserted, s.message()),
+                    )
+                };
+                let batch = msg.map_err(|s| fail(s, &total))?;
+                let resp = r.upsert_batch(deadline, batch.items).await.map_err(|s| fail(s, &total))?;
+                total.upserted += resp.upserted;
+                total.embedded += resp.embedded;
+                batches += 1;
+            }
+            tracing::info!(batches, items = total.upserted, "stream upsert done");
+            Ok(Response::new(total))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn delete_items(&self, request: Request<pb::DeleteItemsRequest>) -> Result<Response<pb::DeleteItemsResponse>, Status> {
+        let r = &self.router;
+        let deadline = r.write_deadline(&request);
+        let ids = request.into_inner().ids;
+        validate::ids("item id", &ids, &r.settings.limits)?;
+        let groups = r.group(ids, |s| s.as_str());
+        let shards = &r.shards;
+        let results = r
+            .write_grouped(deadline, groups, "deletes", |shard, ids, budget| async move {
+                shards
+                    .call(shard, deadline, |mut c, _| {
+                        let mut req = Request::new(pb::DeleteItemsRequest { ids });
+                        req.set_timeout(budget);
+                        async move { c.delete(req).await }
+                    })
+                    .await
+            })
+            .instrument(request_span("DeleteItems"))
+            .await?;
+        Ok(Response::new(pb::DeleteItemsResponse { deleted: results.iter().map(|r| r.deleted).sum() }))
+    }
+
+    async fn get_items(&self, request: Request<pb::GetItemsRequest>) -> Result<Response<pb::GetItemsResponse>, Status> {
+        let r = &self.router;
+        let deadline = r.read_deadline(&request);
+        let req = request.into_inner();
+        validate::ids("item id", &req.ids, &r.settings.limits)?;
+        let (mut found, errors) = r.fetch_items(deadline, req.ids.clone(), req.with_vectors).instrument(request_span("GetItems")).await;
+        if let Some(e) = errors.into_iter().next() {
+            return Err(Status::unavailable(format!("cannot read every requested item: {}", e.message())));
+        }
+        let mut out = pb::GetItemsResponse::default();
+        for id in req.ids {
+            match found.remove(&id) {
+                Some(it) => out.items.push(it),
+                None if !out.missing.contains(&id) && !out.items.iter().any(|x| x.id == id) => out.missing.push(id),
+                None => {}
+            }
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn search(&self, request: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+        let r = &self.router;
+        let deadline = r.read_deadline(&request);
+        let req = request.into_inner();
+        let span = request_span("Search");
+        async move {
+            let k = validate::k(req.k, &r.settings.limits)?;
+            validate_filter(req.filter.as_ref())?;
+            let vector = r.query_vector(deadline, req.query).await?;
+            let shard_req = pb::ShardSearchRequest {
+                vector: Some(pb::Vector { values: vector }),
+                k: k as u32,
+                filter: req.filter,
+                exclude_ids: Vec::new(),
+                with_items: req.with_items,
+            };
+            let (hits, coverage) = r.shards.search(deadline, shard_req, k).await?;
+            Ok(Response::new(pb::SearchResponse { hits, coverage: Some(coverage) }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn similar_items(&self, request: Request<pb::SimilarItemsRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+        let r = &self.router;
+        let deadline = r.read_deadline(&request);
+        let req = request.into_inner();
+        let span = request_span("SimilarItems");
+        async move {
+            validate::id("item id", &req.id, &r.settings.limits)?;
+            let k = validate::k(req.k, &r.settings.limits)?;
+            validate_filter(req.filter.as_ref())?;
+            let (mut found, errors) = r.fetch_items(deadline, vec![req.id.clone()], true).await;
+            if let Some(e) = errors.into_iter().next() {
+                return Err(Status::unavailable(format!("the shard holding item {:?} is unavailable: {}", req.id, e.message())));
+            }
+            let vector = found
+                .remove(&req.id)
+                .and_then(|it| it.vector)
+                .ok_or_else(|| Status::not_found(format!("item {:?} does not exist", req.id)))?;
+            let shard_req = pb::ShardSearchRequest {
+                vector: Some(vector),
+                k: k as u32,
+                filter: req.filter,
+                exclude_ids: vec![req.id],
+                with_items: req.with_items,
+            };
+            let (hits, coverage) = r.shards.search(deadline, shard_req, k).await?;
+            Ok(Response::new(pb::SearchResponse { hits, coverage: Some(coverage) }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn recommend(&self, request: Request<pb::RecommendRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+        let r = &self.router;
+        let deadline = r.read_deadline(&request);
+        let req = request.into_inner();
+        let span = request_span("Recommend");
+        async move {
+            let limits = &r.settings.limits;
+            let k = validate::k(req.k, limits)?;
+            validate_filter(req.filter.as_ref())?;
+            if req.user_id.is_empty() && req.history.is_empty() && req.positive.is_empty() {
+                return Err(Status::invalid_argument("recommend needs a user_id, a history or positive examples"));
+            }
+            if !req.user_id.is_empty() {
+                validate::id("user id", &req.user_id, limits)?;
+            }
+            for (what, list) in [("history", &req.history), ("positive", &req.positive), ("negative", &req.negative)] {
+                if list.len() > limits.max_history {
+                    return Err(Status::invalid_argument(format!(
+                        "{what} has {} items; the limit is {}",
+                        list.len(),
+                        limits.max_history
+                    )));
+                }
+                validate::ids(&format!("{what} item id"), list, limits)?;
+            }
+
+            let mut degraded = false;
+            // The user's recorded events, from the shard that owns the user.
+            let mut events: Vec<(String, pb::EventType)> = Vec::new();
+            if !req.user_id.is_empty() {
+                let owner = r.topology.shard_of(&req.user_id);
+                let user_id = req.user_id.clone();
+                match r
+                    .shards
+                    .call(owner, deadline, |mut c, budget| {
+                        let mut q = Request::new(pb::GetProfileRequest { user_id });
+                        q.set_timeout(budget);
+                        async move { c.get_profile(q).await }
+                    })
+                    .await
+                {
+                    Ok(profile) => events.extend(profile.events.into_iter().map(|e| {
+                        let t = pb::EventType::try_from(e.r#type).unwrap_or(pb::EventType::View);
+                        (e.item_id, t)
+                    })),
+                    Err(s) if req.history.is_empty() && req.positive.is_empty() => {
+                        return Err(Status::unavailable(format!("the profile of user {:?} is unavailable: {}", req.user_id, s.message())))
+                    }
+                    Err(s) => {
+                        tracing::warn!(error = s.message(), "profile unavailable; using the explicit history only");
+                        degraded = true;
+                    }
+                }
+            }
+            events.extend(req.history.iter().map(|id| (id.clone(), pb::EventType::View)));
+
+            let mut wanted: Vec<String> = events.iter().map(|(id, _)| id.clone()).chain(req.positive.iter().cloned()).chain(req.negative.iter().cloned()).collect();
+            let mut seen_ids = HashSet::new();
+            wanted.retain(|id| seen_ids.insert(id.clone()));
+            let (found, errors) = r.fetch_items(deadline, wanted, true).await;
+            degraded |= !errors.is_empty();
+            let vec_of = |id: &str| found.get(id).and_then(|it| it.vector.as_ref()).map(|v| v.values.as_slice());
+            let touches: Vec<Touch<'_>> = events.iter().filter_map(|(id, t)| vec_of(id).map(|v| Touch { vector: v, event: *t })).collect();
+            let positive: Vec<&[f32]> = req.positive.iter().filter_map(|id| vec_of(id)).collect();
+            let negative: Vec<&[f32]> = req.negative.iter().filter_map(|id| vec_of(id)).collect();
+            let Some(u) = user_vector(&touches, &positive, &negative, &r.settings.user_vector) else {
+                // Nothing known about this user yet (or every item is gone).
+                return Ok(Response::new(pb::SearchResponse {
+                    hits: Vec::new(),
+                    coverage: Some(pb::Coverage { shards_asked: 0, shards_answered: 0, degraded }),
+                }));
+            };
+            let mut exclude: Vec<String> = req.positive.iter().chain(req.negative.iter()).cloned().collect();
+            if !req.include_seen {
+                exclude.extend(events.into_iter().map(|(id, _)| id));
+            }
+            let mut uniq = HashSet::new();
+            exclude.retain(|id| uniq.insert(id.clone()));
+            let shard_req = pb::ShardSearchRequest {
+                vector: Some(pb::Vector { values: u }),
+                k: k as u32,
+                filter: req.filter,
+                exclude_ids: exclude,
+                with_items: req.with_items,
+            };
+            let (hits, mut coverage) = r.shards.search(deadline, shard_req, k).await?;
+            coverage.degraded |= degraded;
+            Ok(Response::new(pb::SearchResponse { hits, coverage: Some(coverage) }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn record_events(&self, request: Request<pb::RecordEventsRequest>) -> Result<Response<pb::RecordEventsResponse>, Status> {
+        let r = &self.router;
+        let deadline = r.write_deadline(&request);
+        let mut events = request.into_inner().events;
+        let limits = &r.settings.limits;
+        if events.len() > limits.max_batch {
+            return Err(Status::invalid_argument(format!("{} events; the limit is {} per call", events.len(), limits.max_batch)));
+        }
+        let now = now_ms();
+        for e in &mut events {
+            validate::event(e, limits)?;
+            if e.timestamp_ms == 0 {
+                e.timestamp_ms = now;
+            }
+        }
+        let groups = r.group(events, |e| e.user_id.as_str());
+        let shards = &r.shards;
+        let results = r
+            .write_grouped(deadline, groups, "events", |shard, events, budget| async move {
+                shards
+                    .call(shard, deadline, |mut c, _| {
+                        let mut q = Request::new(pb::RecordEventsRequest { events });
+                        q.set_timeout(budget);
+                        async move { c.append_events(q).await }
+                    })
+                    .await
+            })
+            .instrument(request_span("RecordEvents"))
+            .await?;
+        Ok(Response::new(pb::RecordEventsResponse { recorded: results.iter().map(|r| r.recorded).sum() }))
+    }
+
+    async fn cluster_info(&self, request: Request<pb::ClusterInfoRequest>) -> Result<Response<pb::ClusterInfoResponse>, Status> {
+        let r = &self.router;
+        let deadline = r.read_deadline(&request);
+        let infos = r.shard_infos(deadline).instrument(request_span("ClusterInfo")).await;
+        let load = r.topology.load();
+        let mut shards = Vec::with_capacity(infos.len());
+        for (handle, info) in r.shards.all().iter().zip(infos) {
+            let mut s = info.unwrap_or(pb::ShardInfo { state: pb::ShardState::Unreachable as i32, ..Default::default() });
+            s.shard = handle.id;
+            s.address = handle.address.clone();
+            s.virtual_shards = load.get(handle.id as usize).copied().unwrap_or(0);
+            shards.push(s);
+        }
+        let answered = shards.iter().filter(|s| s.state == pb::ShardState::Serving as i32).count() as u32;
+        let asked = shards.len() as u32;
+        Ok(Response::new(pb::ClusterInfoResponse {
+            shards,
+            virtual_shards: r.topology.virtual_shards(),
+            dimension: r.dimension.load(Ordering::Relaxed) as u32,
+            coverage: Some(pb::Coverage { shards_asked: asked, shards_answered: answered, degraded: answered < asked }),
+        }))
+    }
+}

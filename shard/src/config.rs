@@ -1,0 +1,71 @@
+//! Shard configuration: command-line flags, each also settable through a
+//! `VITRINE_SHARD_*` environment variable (how the Helm chart passes them).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::wal::FsyncPolicy;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "vitrine-shard", version, about = "A Vitrine shard: embeds, indexes and stores part of the catalogue")]
+pub struct ShardConfig {
+    /// Address to serve the internal gRPC API on.
+    #[arg(long, env = "VITRINE_SHARD_LISTEN", default_value = "127.0.0.1:50061")]
+    pub listen: SocketAddr,
+    /// This shard's number (shown in results and ClusterInfo).
+    #[arg(long, env = "VITRINE_SHARD_ID", default_value_t = 0)]
+    pub shard_id: u32,
+    /// Directory for the write-ahead log.
+    #[arg(long, env = "VITRINE_SHARD_DATA_DIR", default_value = "data/shard-0")]
+    pub data_dir: PathBuf,
+    /// Directory with the text model's `model.onnx` and `tokenizer.json`.
+    #[arg(long, env = "VITRINE_SHARD_MODEL_DIR", default_value = ".cache/models/all-minilm-l6-v2")]
+    pub model_dir: PathBuf,
+    /// The ONNX Runtime shared library.
+    #[arg(long, env = "VITRINE_SHARD_ORT_LIB", default_value = ".cache/models/libonnxruntime.so.1.31.1")]
+    pub ort_lib: PathBuf,
+    /// Run without a text model (vector-only catalogues); needs --dimension.
+    #[arg(long, env = "VITRINE_SHARD_NO_MODEL")]
+    pub no_model: bool,
+    /// Vector dimension when running without a model.
+    #[arg(long, env = "VITRINE_SHARD_DIMENSION")]
+    pub dimension: Option<usize>,
+    /// ONNX Runtime sessions (concurrent inference batches).
+    #[arg(long, env = "VITRINE_SHARD_EMBED_SESSIONS", default_value_t = 1)]
+    pub embed_sessions: usize,
+    /// Intra-op threads per ONNX Runtime session.
+    #[arg(long, env = "VITRINE_SHARD_INTRA_THREADS", default_value_t = 1)]
+    pub intra_threads: usize,
+    /// HNSW links per node.
+    #[arg(long, env = "VITRINE_SHARD_HNSW_M", default_value_t = 16)]
+    pub hnsw_m: usize,
+    /// HNSW candidate list while building.
+    #[arg(long, env = "VITRINE_SHARD_HNSW_EF_CONSTRUCTION", default_value_t = 100)]
+    pub hnsw_ef_construction: usize,
+    /// HNSW candidate list while searching.
+    #[arg(long, env = "VITRINE_SHARD_HNSW_EF_SEARCH", default_value_t = 64)]
+    pub hnsw_ef_search: usize,
+    /// Rebuild the graph when tombstones exceed this fraction of live items.
+    #[arg(long, env = "VITRINE_SHARD_COMPACT_RATIO", default_value_t = 0.25)]
+    pub compact_ratio: f64,
+    /// ... and there are at least this many tombstones.
+    #[arg(long, env = "VITRINE_SHARD_COMPACT_MIN", default_value_t = 1000)]
+    pub compact_min: usize,
+    /// When WAL appends reach the disk.
+    #[arg(long, env = "VITRINE_SHARD_FSYNC", value_enum, default_value = "always")]
+    pub fsync: FsyncPolicy,
+    /// Drop a corrupt WAL record and everything after it instead of refusing to start.
+    #[arg(long, env = "VITRINE_SHARD_REPAIR_WAL")]
+    pub repair_wal: bool,
+    /// Events kept per user.
+    #[arg(long, env = "VITRINE_SHARD_PROFILE_EVENTS", default_value_t = 200)]
+    pub profile_events: usize,
+    /// Largest gRPC message accepted, in MiB (bulk upserts carry many items).
+    #[arg(long, env = "VITRINE_SHARD_MAX_MESSAGE_MIB", default_value_t = 64)]
+    pub max_message_mib: usize,
+    /// Log as JSON lines.
+    #[arg(long, env = "VITRINE_LOG_JSON")]
+    pub log_json: bool,
+}

@@ -1,0 +1,264 @@
+//! Text embedding with a BERT-family ONNX model (all-MiniLM-L6-v2 by default)
+//! through ONNX Runtime, loaded at run time from a library path (`ort`'s
+//! `load-dynamic`), so nothing is downloaded at build time.
+//!
+//! Vectors are mean-pooled over the attention mask and L2-normalised, which
+//! is how sentence-transformers produces this model's sentence embeddings.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ort::session::Session;
+use ort::value::Tensor;
+use parking_lot::Mutex;
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams, TruncationStrategy};
+
+/// Why the embedder could not load or run.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("cannot load the ONNX Runtime library {path}: {reason}")]
+    Library { path: PathBuf, reason: String },
+    #[error("cannot load model {path}: {reason}")]
+    Model { path: PathBuf, reason: String },
+    #[error("cannot load tokenizer {path}: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
+    #[error("tokenisation failed: {0}")]
+    Tokenize(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// Where the text model lives and how to run it.
+#[derive(Debug, Clone)]
+pub struct TextModelConfig {
+    /// Directory holding `model.onnx` and `tokenizer.json`.
+    pub model_dir: PathBuf,
+    /// The ONNX Runtime shared library (e.g. `libonnxruntime.so.1.31.1`).
+    pub ort_library: PathBuf,
+    /// Name reported in ClusterInfo and tagged on query embeddings.
+    pub name: String,
+    /// ORT sessions; each serves one batch at a time (`run` needs `&mut`).
+    pub sessions: usize,
+    /// Intra-op threads per session.
+    pub intra_threads: usize,
+    /// Longest input in tokens. MiniLM was trained on 256-token inputs and
+    /// its quality degrades past that, while cost grows with length.
+    pub max_tokens: usize,
+    /// Texts per inference call. Beyond ~32 short titles throughput on CPU
+    /// stops improving (FIELD-NOTES §2) while latency keeps growing.
+    pub max_batch: usize,
+}
+
+impl TextModelConfig {
+    /// Defaults for a model directory and library.
+    pub fn new(model_dir: impl Into<PathBuf>, ort_library: impl Into<PathBuf>) -> Self {
+        Self {
+            model_dir: model_dir.into(),
+            ort_library: ort_library.into(),
+            name: "all-MiniLM-L6-v2".into(),
+            sessions: 1,
+            intra_threads: 1,
+            max_tokens: 256,
+            max_batch: 32,
+        }
+    }
+}
+
+/// A loaded text model with a pool of ORT sessions.
+pub struct TextEmbedder {
+    tokenizer: Tokenizer,
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+    dimension: usize,
+    name: String,
+    takes_token_type_ids: bool,
+    max_batch: usize,
+}
+
+impl std::fmt::Debug for TextEmbedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextEmbedder").field("name", &self.name).field("dimension", &self.dimension).finish()
+    }
+}
+
+impl TextEmbedder {
+    /// Loads the library, the model and the tokenizer, and runs one probe
+    /// inference to learn the output dimension. Every failure is an error
+    /// naming the file, never a panic.
+    pub fn load(cfg: &TextModelConfig) -> Result<Arc<Self>, EmbedError> {
+        let lib_err = |reason: String| EmbedError::Library { path: cfg.ort_library.clone(), reason };
+        if !cfg.ort_library.is_file() {
+            return Err(lib_err("file not found (run scripts/fetch-models.sh)".into()));
+        }
+        let env = ort::init_from(&cfg.ort_library)
+            .map_err(|e| lib_err(e.to_string()))?
+            .with_name("vitrine")
+            .build()
+            .map_err(|e| lib_err(e.to_string()))?;
+
+        let model_path = cfg.model_dir.join("model.onnx");
+        let model_err = |reason: String| EmbedError::Model { path: model_path.clone(), reason };
+        if !model_path.is_file() {
+            return Err(model_err("file not found (run scripts/fetch-models.sh)".into()));
+        }
+        let mut sessions = Vec::with_capacity(cfg.sessions.max(1));
+        for _ in 0..cfg.sessions.max(1) {
+            let session = Session::builder(&env)
+                .and_then(|b| Ok(b.with_intra_threads(cfg.intra_threads.max(1))?))
+                // Spinning threads would steal the cores HNSW searches need.
+                .and_then(|b| Ok(b.with_intra_op_spinning(false)?))
+                .and_then(|b| Ok(b.with_inter_op_spinning(false)?))
+                .and_then(|mut b| b.commit_from_file(&model_path))
+                .map_err(|e| model_err(e.to_string()))?;
+            sessions.push(Mutex::new(session));
+        }
+        let takes_token_type_ids = sessions[0].lock().inputs().iter().any(|i| i.name() == "token_type_ids");
+
+        let tok_path = cfg.model_dir.join("tokenizer.json");
+        let tok_err = |reason: String| EmbedError::Tokenizer { path: tok_path.clone(), reason };
+        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| tok_err(e.to_string()))?;
+        // The shipped tokenizer.json pads every input to 128 tokens; padding to
+        // the longest input of the batch is ~16x faster on short titles.
+        tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: cfg.max_tokens,
+                strategy: TruncationStrategy::LongestFirst,
+                ..Default::default()
+            }))
+            .map_err(|e| tok_err(e.to_string()))?;
+
+        let mut embedder = Self {
+            tokenizer,
+            sessions,
+            next: AtomicUsize::new(0),
+            dimension: 0,
+            name: cfg.name.clone(),
+            takes_token_type_ids,
+            max_batch: cfg.max_batch.max(1),
+        };
+        let probe = embedder.embed_chunk(&["probe"]).map_err(|e| model_err(format!("probe inference failed: {e}")))?;
+        embedder.dimension = probe[0].len();
+        tracing::info!(model = %embedder.name, dimension = embedder.dimension, sessions = embedder.sessions.len(),
+            intra_threads = cfg.intra_threads, provider = "cpu", "text model loaded");
+        Ok(Arc::new(embedder))
+    }
+
+    /// Output dimension.
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// Model name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The execution provider in use.
+    pub fn execution_provider(&self) -> &'static str {
+        "cpu"
+    }
+
+    /// Embeds texts; returns one unit vector per text, in order. Texts are
+    /// sorted by length before batching so that a batch pads little.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(self.max_batch) {
+            let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
+            for (&i, v) in chunk.iter().zip(self.embed_chunk(&batch)?) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    fn embed_chunk(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| EmbedError::Tokenize(e.to_string()))?;
+        let batch = encodings.len();
+        let seq = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(batch * seq);
+        let mut mask = Vec::with_capacity(batch * seq);
+        let mut types = Vec::with_capacity(batch * seq);
+        for e in &encodings {
+            let n = e.get_ids().len();
+            ids.extend(e.get_ids().iter().map(|&x| i64::from(x)));
+            mask.extend(e.get_attention_mask().iter().map(|&x| i64::from(x)));
+            types.extend(e.get_type_ids().iter().map(|&x| i64::from(x)));
+            // BatchLongest already pads, but be exact if a tokenizer did not.
+            for _ in n..seq {
+                ids.push(0);
+                mask.push(0);
+                types.push(0);
+            }
+        }
+        let shape = vec![batch as i64, seq as i64];
+        let inf = |e: ort::Error| EmbedError::Inference(e.to_string());
+        let t_ids = Tensor::from_array((shape.clone(), ids)).map_err(inf)?;
+        let t_mask = Tensor::from_array((shape.clone(), mask.clone())).map_err(inf)?;
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
+        let mut session = self.sessions[slot].lock();
+        let outputs = if self.takes_token_type_ids {
+            let t_types = Tensor::from_array((shape, types)).map_err(inf)?;
+            session.run(ort::inputs!["input_ids" => t_ids, "attention_mask" => t_mask, "token_type_ids" => t_types])
+        } else {
+            session.run(ort::inputs!["input_ids" => t_ids, "attention_mask" => t_mask])
+        }
+        .map_err(inf)?;
+        let (out_shape, hidden) = outputs[0].try_extract_tensor::<f32>().map_err(inf)?;
+        if out_shape.len() != 3 || out_shape[0] as usize != batch || out_shape[1] as usize != seq {
+            return Err(EmbedError::Inference(format!(
+                "model output has shape {out_shape:?}; expected [batch={batch}, seq={seq}, dim]"
+            )));
+        }
+        let dim = out_shape[2] as usize;
+        Ok((0..batch).map(|b| mean_pool(&hidden[b * seq * dim..(b + 1) * seq * dim], &mask[b * seq..(b + 1) * seq], dim)).collect())
+    }
+}
+
+/// Mean over the tokens the attention mask keeps, then L2 normalisation.
+pub fn mean_pool(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
+    let mut v = vec![0f32; dim];
+    let mut n = 0f32;
+    for (t, &m) in mask.iter().enumerate() {
+        if m != 0 {
+            n += 1.0;
+            for (acc, x) in v.iter_mut().zip(&hidden[t * dim..(t + 1) * dim]) {
+                *acc += x;
+            }
+        }
+    }
+    if n > 0.0 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+    normalize(&mut v);
+    v
+}
+
+/// Scales a vector to unit length (leaves a zero vector alone).
+pub fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+/// Where the fetched model files are by default, relative to a repository root.
+pub fn default_model_paths(root: &Path) -> (PathBuf, PathBuf) {
+    let models = root.join(".cache/models");
+    (models.join("all-minilm-l6-v2"), models.join("libonnxruntime.so.1.31.1"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_pool_ignores_masked_tokens() {
+        // Two tokens of dim 2; the second is padding.
+        let v = mean_pool(&[3.0, 4.0, 100.0, 100.0], &[1, 0], 2);
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,300 @@
+//! The internal gRPC service the router calls.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use vitrine_proto::{pb, validate, Filter, Limits};
+
+use crate::catalog::{Catalog, Constraint, StoredItem};
+use crate::embed::TextEmbedder;
+use crate::profiles::Profiles;
+use crate::wal::{Op, Wal, WalError, WalRecord};
+
+/// Everything one shard owns.
+pub struct ShardState {
+    pub shard_id: u32,
+    pub catalog: Arc<Catalog>,
+    pub profiles: Profiles,
+    /// The log doubles as the write serialiser: holding it across append and
+    /// apply makes the in-memory order equal the replay order.
+    pub wal: Mutex<Wal>,
+    pub embedder: Option<Arc<TextEmbedder>>,
+    pub limits: Limits,
+}
+
+impl ShardState {
+    /// Applies a replayed or freshly logged record.
+    pub fn apply(&self, record: WalRecord) {
+        match record.op {
+            Some(Op::Upsert(req)) => {
+                let items = req
+                    .items
+                    .into_iter()
+                    .filter_map(|mut it| {
+                        let v = it.vector.take()?.values;
+                        Some(StoredItem { item: it, vector: v })
+                    })
+                    .collect();
+                self.catalog.upsert(items);
+            }
+            Some(Op::Delete(req)) => {
+                self.catalog.delete(&req.ids);
+            }
+            Some(Op::Events(req)) => self.profiles.append(&req.events),
+            None => {}
+        }
+    }
+
+    fn log_and_apply(&self, record: WalRecord) -> Result<(), Status> {
+        let mut wal = self.wal.lock();
+        wal.append(&record).map_err(wal_status)?;
+        self.apply(record);
+        Ok(())
+    }
+
+    fn model_name(&self) -> String {
+        self.embedder.as_ref().map_or_else(|| "none (vectors only)".to_string(), |e| e.name().to_string())
+    }
+}
+
+fn wal_status(e: WalError) -> Status {
+    if e.is_disk_full() {
+        Status::resource_exhausted(format!("shard storage is full; write not applied: {e}"))
+    } else {
+        Status::internal(format!("write not applied: {e}"))
+    }
+}
+
+/// Runs blocking work (model inference, graph search, fsync) off the async
+/// workers so that one slow call cannot stall every connection.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))
+}
+
+/// Text fed to the model for an item: title, then description.
+fn item_text(item: &pb::Item) -> String {
+    match (item.title.trim(), item.description.trim()) {
+        (t, "") => t.to_string(),
+        ("", d) => d.to_string(),
+        (t, d) => format!("{t}. {d}"),
+    }
+}
+
+/// The `Shard` gRPC service.
+#[derive(Clone)]
+pub struct ShardService {
+    state: Arc<ShardState>,
+}
+
+impl ShardService {
+    pub fn new(state: Arc<ShardState>) -> Self {
+        Self { state }
+    }
+
+    fn embed_texts(&self, texts: Vec<String>) -> impl std::future::Future<Output = Result<Vec<Vec<f32>>, Status>> {
+        let embedder = self.state.embedder.clone();
+        async move {
+            let Some(embedder) = embedder else {
+                return Err(Status::failed_precondition("this shard runs without a text model; send vectors"));
+            };
+            blocking(move || {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                embedder.embed(&refs)
+            })
+            .await?
+            .map_err(|e| Status::internal(format!("embedding failed: {e}")))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::shard_server::Shard for ShardService {
+    async fn upsert(&self, request: Request<pb::ShardUpsertRequest>) -> Result<Response<pb::UpsertItemsResponse>, Status> {
+        let span = tracing::info_span!("shard.upsert", shard = self.state.shard_id, items = request.get_ref().items.len());
+        async move {
+            let mut items = request.into_inner().items;
+            let dim = self.state.catalog.dimension();
+            validate::items(&items, dim, self.state.embedder.is_some(), &self.state.limits)?;
+            let need: Vec<usize> = (0..items.len()).filter(|&i| items[i].vector.is_none()).collect();
+            let texts: Vec<String> = need.iter().map(|&i| item_text(&items[i])).collect();
+            let vectors = if texts.is_empty() { Vec::new() } else { self.embed_texts(texts).await? };
+            for (&i, v) in need.iter().zip(vectors) {
+                items[i].vector = Some(pb::Vector { values: v });
+            }
+            for it in &mut items {
+                // Images are validated but not kept: no image model yet, and
+                // reads never return image bytes.
+                it.image.clear();
+                if let Some(v) = &mut it.vector {
+                    v.values = validate::vector("item vector", &v.values, dim)?;
+                }
+            }
+            let n = items.len() as u32;
+            let record = WalRecord { op: Some(Op::Upsert(pb::ShardUpsertRequest { items })) };
+            let state = Arc::clone(&self.state);
+            blocking(move || state.log_and_apply(record)).await??;
+            self.state.catalog.maybe_compact_in_background();
+            Ok(Response::new(pb::UpsertItemsResponse { upserted: n, embedded: need.len() as u32 }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteItemsRequest>) -> Result<Response<pb::DeleteItemsResponse>, Status> {
+        let span = tracing::info_span!("shard.delete", shard = self.state.shard_id);
+        async move {
+            let req = request.into_inner();
+            validate::ids("item id", &req.ids, &self.state.limits)?;
+            let existing = req.ids.iter().filter(|id| self.state.catalog.get(id).is_some()).count() as u32;
+            let state = Arc::clone(&self.state);
+            blocking(move || state.log_and_apply(WalRecord { op: Some(Op::Delete(req)) })).await??;
+            self.state.catalog.maybe_compact_in_background();
+            Ok(Response::new(pb::DeleteItemsResponse { deleted: existing }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn get(&self, request: Request<pb::GetItemsRequest>) -> Result<Response<pb::GetItemsResponse>, Status> {
+        let _span = tracing::info_span!("shard.get", shard = self.state.shard_id).entered();
+        let req = request.into_inner();
+        validate::ids("item id", &req.ids, &self.state.limits)?;
+        let mut out = pb::GetItemsResponse::default();
+        for id in req.ids {
+            match self.state.catalog.get(&id) {
+                Some(stored) => {
+                    let mut item = stored.item.clone();
+                    if req.with_vectors {
+                        item.vector = Some(pb::Vector { values: stored.vector.clone() });
+                    }
+                    out.items.push(item);
+                }
+                None => out.missing.push(id),
+            }
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn search(&self, request: Request<pb::ShardSearchRequest>) -> Result<Response<pb::ShardSearchResponse>, Status> {
+        let span = tracing::info_span!("shard.search", shard = self.state.shard_id, k = request.get_ref().k);
+        async move {
+            let req = request.into_inner();
+            let dim = self.state.catalog.dimension();
+            let query = req.vector.as_ref().ok_or_else(|| Status::invalid_argument("search needs a vector"))?;
+            let query = validate::vector("query vector", &query.values, dim)?;
+            let k = validate::k(req.k, &self.state.limits)?;
+            let filter = Filter::from_optional(req.filter.as_ref())?;
+            validate::ids("exclude id", &req.exclude_ids, &self.state.limits)?;
+            let catalog = Arc::clone(&self.state.catalog);
+            let shard = self.state.shard_id;
+            let with_items = req.with_items;
+            let exclude_ids = req.exclude_ids;
+            let resp = blocking(move || {
+                let constraint = Constraint {
+                    filter: filter.as_ref(),
+                    exclude: exclude_ids.iter().map(String::as_str).collect::<HashSet<_>>(),
+                };
+                let out = catalog.search(&query, k, &constraint);
+                pb::ShardSearchResponse {
+                    exact: out.exact,
+                    hits: out
+                        .hits
+                        .into_iter()
+                        .map(|h| pb::ScoredItem {
+                            id: h.item.item.id.clone(),
+                            score: h.score,
+                            item: with_items.then(|| h.item.item.clone()),
+                            shard,
+                        })
+                        .collect(),
+                }
+            })
+            .await?;
+            Ok(Response::new(resp))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn embed(&self, request: Request<pb::EmbedRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
+        let span = tracing::info_span!("shard.embed", shard = self.state.shard_id);
+        async move {
+            match request.into_inner().input {
+                Some(pb::embed_request::Input::Text(text)) => {
+                    if text.trim().is_empty() {
+                        return Err(Status::invalid_argument("query text is empty"));
+                    }
+                    if text.len() > self.state.limits.max_description_bytes {
+                        return Err(Status::invalid_argument(format!(
+                            "query text is {} bytes; the limit is {}",
+                            text.len(),
+                            self.state.limits.max_description_bytes
+                        )));
+                    }
+                    let v = self.embed_texts(vec![text]).await?.pop().unwrap_or_default();
+                    Ok(Response::new(pb::EmbedResponse { vector: Some(pb::Vector { values: v }), model: self.state.model_name() }))
+                }
+                Some(pb::embed_request::Input::Image(bytes)) => {
+                    validate::image("query image", &bytes, &self.state.limits)?;
+                    Err(Status::failed_precondition("this cluster has no image model configured; search by text or vector"))
+                }
+                None => Err(Status::invalid_argument("embed needs text or an image")),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn get_profile(&self, request: Request<pb::GetProfileRequest>) -> Result<Response<pb::Profile>, Status> {
+        let _span = tracing::info_span!("shard.get_profile", shard = self.state.shard_id).entered();
+        let user_id = request.into_inner().user_id;
+        validate::id("user id", &user_id, &self.state.limits)?;
+        let events = self.state.profiles.get(&user_id);
+        Ok(Response::new(pb::Profile { user_id, events }))
+    }
+
+    async fn append_events(&self, request: Request<pb::RecordEventsRequest>) -> Result<Response<pb::RecordEventsResponse>, Status> {
+        let span = tracing::info_span!("shard.append_events", shard = self.state.shard_id, events = request.get_ref().events.len());
+        async move {
+            let req = request.into_inner();
+            if req.events.len() > self.state.limits.max_batch {
+                return Err(Status::invalid_argument(format!(
+                    "{} events; the limit is {} per call",
+                    req.events.len(),
+                    self.state.limits.max_batch
+                )));
+            }
+            for e in &req.events {
+                validate::event(e, &self.state.limits)?;
+            }
+            let n = req.events.len() as u32;
+            let state = Arc::clone(&self.state);
+            blocking(move || state.log_and_apply(WalRecord { op: Some(Op::Events(req)) })).await??;
+            Ok(Response::new(pb::RecordEventsResponse { recorded: n }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn info(&self, _request: Request<pb::ClusterInfoRequest>) -> Result<Response<pb::ShardInfo>, Status> {
+        let s = &self.state;
+        Ok(Response::new(pb::ShardInfo {
+            shard: s.shard_id,
+            address: String::new(),
+            state: pb::ShardState::Serving as i32,
+            items: s.catalog.len() as u64,
+            tombstones: s.catalog.tombstones() as u64,
+            users: s.profiles.len() as u64,
+            model: s.model_name(),
+            execution_provider: s.embedder.as_ref().map_or("none", |e| e.execution_provider()).to_string(),
+            dimension: s.catalog.dimension() as u32,
+            virtual_shards: 0,
+        }))
+    }
+}
