@@ -1,0 +1,123 @@
+//! A local cluster: a router and N shards as separate processes on loopback,
+//! supervised by the `vitrine cluster` command.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+use vitrine_proto::pb;
+
+/// How to lay out the local cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub shards: u32,
+    /// Router port; shard i listens on port + 10 + i.
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub model_dir: PathBuf,
+    pub ort_lib: PathBuf,
+    /// Where `vitrine-shard` and `vitrine-router` are (default: next to this binary).
+    pub bin_dir: PathBuf,
+}
+
+/// Running child processes. Dropping it kills them.
+pub struct LocalCluster {
+    children: Vec<(String, Child, PathBuf)>,
+    pub router_addr: String,
+}
+
+fn spawn(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} (build it with `cargo build --release`)", bin.display()))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl LocalCluster {
+    pub async fn start(o: &ClusterOptions) -> anyhow::Result<Self> {
+        let logs = o.data_dir.join("logs");
+        std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+        let mut children = Vec::new();
+        let mut shard_addrs = Vec::new();
+        for i in 0..o.shards {
+            let addr = format!("127.0.0.1:{}", o.port as u32 + 10 + i);
+            let log = logs.join(format!("shard-{i}.log"));
+            let args = vec![
+                "--listen".into(),
+                addr.clone(),
+                "--shard-id".into(),
+                i.to_string(),
+                "--data-dir".into(),
+                o.data_dir.join(format!("shard-{i}")).display().to_string(),
+                "--model-dir".into(),
+                o.model_dir.display().to_string(),
+                "--ort-lib".into(),
+                o.ort_lib.display().to_string(),
+            ];
+            children.push((format!("shard {i}"), spawn(&o.bin_dir.join("vitrine-shard"), &args, &log)?, log));
+            shard_addrs.push(addr);
+        }
+        let router_addr = format!("127.0.0.1:{}", o.port);
+        let log = logs.join("router.log");
+        let mut args = vec!["--listen".to_string(), router_addr.clone()];
+        for a in &shard_addrs {
+            args.push("--shard".into());
+            args.push(a.clone());
+        }
+        children.push(("router".into(), spawn(&o.bin_dir.join("vitrine-router"), &args, &log)?, log));
+        let mut cluster = Self { children, router_addr };
+        cluster.wait_ready(o.shards, Duration::from_secs(180)).await?;
+        Ok(cluster)
+    }
+
+    async fn wait_ready(&mut self, shards: u32, limit: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            for (name, child, log) in &mut self.children {
+                if let Some(status) = child.try_wait()? {
+                    bail!("{name} exited during start-up ({status}); last log lines:\n{}", tail(log, 20));
+                }
+            }
+            if let Ok(mut c) = crate::connect(&format!("http://{}", self.router_addr)).await {
+                if let Ok(info) = c.cluster_info(pb::ClusterInfoRequest {}).await {
+                    if info.get_ref().coverage.is_some_and(|c| c.shards_answered == shards) {
+                        return Ok(());
+                    }
+                }
+            }
+            if started.elapsed() > limit {
+                bail!("cluster not ready after {} s; logs are in the data directory", limit.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Asks every process to stop (SIGTERM), then kills stragglers.
+    pub async fn stop(mut self) {
+        for (_, child, _) in &self.children {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            }
+        }
+        for (name, child, _) in &mut self.children {
+            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                eprintln!("{name} did not stop in 10 s; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Printing results as a table for people or JSON for scripts.
+
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+use serde_json::{json, Value};
+use vitrine_proto::pb;
+
+pub fn item_json(it: &pb::Item) -> Value {
+    let a = it.attributes.clone().unwrap_or_default();
+    json!({
+        "id": it.id, "title": it.title, "description": it.description,
+        "category": a.category, "brand": a.brand, "price": a.price, "in_stock": a.in_stock,
+        "tags": a.tags, "strings": a.strings, "numbers": a.numbers,
+    })
+}
+
+pub fn response_json(r: &pb::SearchResponse) -> Value {
+    let c = r.coverage.unwrap_or_default();
+    json!({
+        "hits": r.hits.iter().map(|h| json!({
+            "id": h.id, "score": h.score, "shard": h.shard,
+            "item": h.item.as_ref().map(item_json),
+        })).collect::<Vec<_>>(),
+        "coverage": {"shards_asked": c.shards_asked, "shards_answered": c.shards_answered, "degraded": c.degraded},
+    })
+}
+
+/// A table of hits with product names, plus a coverage line.
+pub fn hits_table(r: &pb::SearchResponse) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["#", "score", "id", "title", "category", "price"]);
+    for (i, h) in r.hits.iter().enumerate() {
+        let a = h.item.as_ref().and_then(|it| it.attributes.clone()).unwrap_or_default();
+        let title = h.item.as_ref().map(|it| it.title.as_str()).unwrap_or("");
+        t.add_row(vec![
+            Cell::new(i + 1).set_alignment(CellAlignment::Right),
+            Cell::new(format!("{:.3}", h.score)).set_alignment(CellAlignment::Right),
+            Cell::new(&h.id),
+            Cell::new(truncate(title, 64)),
+            Cell::new(a.category),
+            Cell::new(a.price.map(|p| format!("{p:.2}")).unwrap_or_default()).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    let c = r.coverage.unwrap_or_default();
+    format!(
+        "{t}\ncoverage: {}/{} shards{}",
+        c.shards_answered,
+        c.shards_asked,
+        if c.degraded { " (DEGRADED: results may be incomplete)" } else { "" }
+    )
+}
+
+pub fn info_table(r: &pb::ClusterInfoResponse) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["shard", "address", "state", "items", "tombstones", "users", "vshards", "model", "provider"]);
+    for s in &r.shards {
+        let state = pb::ShardState::try_from(s.state).map(|s| s.as_str_name().trim_start_matches("SHARD_STATE_").to_string()).unwrap_or_default();
+        t.add_row(vec![
+            s.shard.to_string(),
+            s.address.clone(),
+            state,
+            s.items.to_string(),
+            s.tombstones.to_string(),
+            s.users.to_string(),
+            s.virtual_shards.to_string(),
+            s.model.clone(),
+            s.execution_provider.clone(),
+        ]);
+    }
+    format!("{t}\n{} virtual shards, dimension {}", r.virtual_shards, r.dimension)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
+}
