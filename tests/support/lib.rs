@@ -1,1 +1,368 @@
+//! Shared machinery for the multi-process tests: start real `vitrine-shard`
+//! and `vitrine-router` binaries on loopback ports, kill and restart them,
+//! and real product data to load.
+//!
+//! The binaries are the ones `cargo build --workspace --bins` put in the
+//! target directory (override with `VITRINE_BIN_DIR`); the model is the one
+//! `scripts/fetch-models.sh` fetched. `scripts/test.sh` does both first.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use vitrine_proto::pb::{self, vitrine_client::VitrineClient};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("VITRINE_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
+    target.join("debug")
+}
+
+fn models() -> (PathBuf, PathBuf) {
+    let m = workspace_root().join(".cache/models");
+    let (dir, lib) = (m.join("all-minilm-l6-v2"), m.join("libonnxruntime.so.1.31.1"));
+    assert!(
+        dir.join("model.onnx").is_file() && lib.is_file(),
+        "model files missing under {}: run `bash scripts/fetch-models.sh` (scripts/test.sh does)",
+        m.display()
+    );
+    (dir, lib)
+}
+
+/// A free loopback port (bound then released; the race is harmless here
+/// because each test binary starts its processes one after another).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+}
+
+struct Proc {
+    name: String,
+    bin: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn start(&mut self) {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .env("RUST_LOG", "info,hnsw_rs=warn")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {} ({}): {e}; run `cargo build --workspace --bins`", self.name, self.bin.display()));
+        self.child = Some(child);
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status();
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => Some(format!("{} exited ({status}):\n{}", self.name, tail(&self.log, 30))),
+            _ => None,
+        }
+    }
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Options for a test cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub shards: usize,
+    pub router_args: Vec<String>,
+    pub shard_args: Vec<String>,
+}
+
+impl Options {
+    pub fn shards(n: usize) -> Self {
+        Self { shards: n, router_args: Vec::new(), shard_args: Vec::new() }
+    }
+}
+
+/// A router and shards running as child processes; killed on drop.
+pub struct Cluster {
+    shards: Vec<Proc>,
+    router: Proc,
+    pub router_addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts the processes (and waits until every shard answers).
+    pub fn start(opts: Options) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (model_dir, ort) = models();
+        let bins = bin_dir();
+        let mut shards = Vec::new();
+        let mut addrs = Vec::new();
+        for i in 0..opts.shards {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut args = vec![
+                "--listen".into(),
+                addr.clone(),
+                "--shard-id".into(),
+                i.to_string(),
+                "--data-dir".into(),
+                dir.path().join(format!("shard-{i}")).display().to_string(),
+                "--model-dir".into(),
+                model_dir.display().to_string(),
+                "--ort-lib".into(),
+                ort.display().to_string(),
+            ];
+            args.extend(opts.shard_args.iter().cloned());
+            let mut p = Proc {
+                name: format!("shard {i}"),
+                bin: bins.join("vitrine-shard"),
+                args,
+                log: dir.path().join(format!("shard-{i}.log")),
+                child: None,
+            };
+            p.start();
+            shards.push(p);
+            addrs.push(addr);
+        }
+        let router_addr = format!("127.0.0.1:{}", free_port());
+        let mut args = vec!["--listen".to_string(), router_addr.clone()];
+        for a in &addrs {
+            args.push("--shard".into());
+            args.push(a.clone());
+        }
+        args.extend(opts.router_args.iter().cloned());
+        let mut router = Proc { name: "router".into(), bin: bins.join("vitrine-router"), args, log: dir.path().join("router.log"), child: None };
+        router.start();
+        let mut c = Self { shards, router, router_addr, _dir: dir };
+        c.wait_serving(opts.shards as u32);
+        c
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.router_addr)
+    }
+
+    /// Blocks until ClusterInfo reports `n` serving shards (bounded).
+    pub fn wait_serving(&mut self, n: u32) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let started = Instant::now();
+        loop {
+            for p in self.shards.iter_mut().chain(std::iter::once(&mut self.router)) {
+                if let Some(msg) = p.exited() {
+                    panic!("{msg}");
+                }
+            }
+            let url = self.url();
+            let answered = rt.block_on(async {
+                let mut c = connect(&url).await.ok()?;
+                let info = c.cluster_info(pb::ClusterInfoRequest {}).await.ok()?;
+                info.into_inner().coverage.map(|c| c.shards_answered)
+            });
+            if answered == Some(n) {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "cluster not serving {n} shards after 120 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `kill -9` a shard.
+    pub fn kill_shard(&mut self, i: usize) {
+        self.shards[i].kill();
+    }
+
+    /// Freezes a shard (SIGSTOP): it accepts connections but never answers,
+    /// the worst kind of slow.
+    pub fn freeze_shard(&mut self, i: usize) {
+        self.shards[i].signal("STOP");
+    }
+
+    pub fn thaw_shard(&mut self, i: usize) {
+        self.shards[i].signal("CONT");
+    }
+
+    /// Starts a killed shard again with the same data directory.
+    pub fn restart_shard(&mut self, i: usize) {
+        self.shards[i].start();
+    }
+
+    /// Whether every process is still running (no panics, no crashes).
+    pub fn all_alive(&mut self) -> Result<(), String> {
+        for p in self.shards.iter_mut().chain(std::iter::once(&mut self.router)) {
+            if let Some(msg) = p.exited() {
+                return Err(msg);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn router_log(&self) -> String {
+        tail(&self.router.log, 50)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in &self.shards {
+            p.signal("CONT");
+        }
+        for p in self.shards.iter_mut().chain(std::iter::once(&mut self.router)) {
+            p.kill();
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> anyhow::Result<VitrineClient<Channel>> {
+    let ch = Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(2)).connect().await?;
+    Ok(VitrineClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+}
+
+/// Where the shared data sets are (`../shared/data` from the repository).
+pub fn shared_data() -> Option<PathBuf> {
+    let p = std::env::var("VITRINE_SHARED_DATA").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("../shared/data"));
+    p.is_dir().then_some(p)
+}
+
+/// `n` products with distinct titles: real ones from the fashion catalogue
+/// when `../shared/data` is present, generated ones otherwise. Attributes
+/// the catalogue lacks (price, stock) are derived from the id so that every
+/// run sees the same values.
+pub fn products(n: usize) -> Vec<pb::Item> {
+    match shared_data().map(|d| d.join("fashion-products/catalog-text-full.tsv")).filter(|p| p.is_file()) {
+        Some(path) => fashion(&path, n),
+        None => {
+            eprintln!("../shared/data not found: using generated products");
+            generated(n)
+        }
+    }
+}
+
+fn derived(id: u64) -> (f64, bool) {
+    let price = 5.0 + ((id.wrapping_mul(2654435761) >> 7) % 19_500) as f64 / 100.0;
+    (price, id % 7 != 0)
+}
+
+fn fashion(path: &Path, n: usize) -> Vec<pb::Item> {
+    let text = std::fs::read_to_string(path).expect("reading the fashion catalogue");
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() < 10 || f[1].trim().is_empty() || !seen.insert(f[1].trim().to_lowercase()) {
+            continue;
+        }
+        let id: u64 = f[0].parse().unwrap_or(out.len() as u64);
+        let (price, in_stock) = derived(id);
+        let mut strings = std::collections::HashMap::new();
+        strings.insert("gender".to_string(), f[2].to_string());
+        strings.insert("usage".to_string(), f[9].to_string());
+        let mut numbers = std::collections::HashMap::new();
+        if let Ok(y) = f[8].parse::<f64>() {
+            numbers.insert("year".to_string(), y);
+        }
+        out.push(pb::Item {
+            id: format!("fp-{}", f[0]),
+            title: f[1].trim().to_string(),
+            attributes: Some(pb::Attributes {
+                category: f[5].to_string(),
+                brand: f[1].split_whitespace().next().unwrap_or("").to_string(),
+                price: Some(price),
+                in_stock: Some(in_stock),
+                tags: [f[6], f[7], f[3]].iter().filter(|t| !t.is_empty()).map(|t| t.to_lowercase()).collect(),
+                strings,
+                numbers,
+            }),
+            ..Default::default()
+        });
+        if out.len() == n {
+            break;
+        }
+    }
+    out
+}
+
+fn generated(n: usize) -> Vec<pb::Item> {
+    let brands = ["Northpeak", "Aurelle", "Stridewell", "Emberstone", "Quillwave", "Trailhound", "Marisol", "Indigo Forge"];
+    let kinds = [
+        ("running shoe", "shoes"),
+        ("hiking boot", "shoes"),
+        ("denim jacket", "jackets"),
+        ("wool sweater", "sweaters"),
+        ("leather backpack", "bags"),
+        ("analog watch", "watches"),
+        ("cotton t-shirt", "tshirts"),
+        ("linen dress", "dresses"),
+        ("cast iron skillet", "kitchen"),
+        ("desk lamp", "home"),
+    ];
+    let colours = ["black", "navy", "olive", "red", "white", "grey", "tan", "pink", "teal", "mustard"];
+    let fits = ["slim", "relaxed", "classic", "lightweight", "insulated", "waterproof", "vintage", "sport", "travel", "kids"];
+    let mut out = Vec::with_capacity(n);
+    'outer: for (bi, b) in brands.iter().enumerate() {
+        for (ki, (k, cat)) in kinds.iter().enumerate() {
+            for (ci, c) in colours.iter().enumerate() {
+                for (fi, f) in fits.iter().enumerate() {
+                    let id = (((bi * 10 + ki) * 10 + ci) * 10 + fi) as u64;
+                    let (price, in_stock) = derived(id);
+                    out.push(pb::Item {
+                        id: format!("gen-{id}"),
+                        title: format!("{b} {f} {c} {k}"),
+                        attributes: Some(pb::Attributes {
+                            category: cat.to_string(),
+                            brand: b.to_string(),
+                            price: Some(price),
+                            in_stock: Some(in_stock),
+                            tags: vec![c.to_string(), f.to_string()],
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                    if out.len() == n {
+                        break 'outer;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Upserts items in batches through the router.
+pub async fn load(client: &mut VitrineClient<Channel>, items: &[pb::Item]) -> pb::UpsertItemsResponse {
+    let mut total = pb::UpsertItemsResponse::default();
+    for chunk in items.chunks(250) {
+        let r = client.upsert_items(pb::UpsertItemsRequest { items: chunk.to_vec() }).await.expect("upsert").into_inner();
+        total.upserted += r.upserted;
+        total.embedded += r.embedded;
+    }
+    total
+}
+
+pub fn text_query(text: &str, k: u32) -> pb::SearchRequest {
+    pb::SearchRequest { query: Some(pb::search_request::Query::Text(text.into())), k, ..Default::default() }
+}
