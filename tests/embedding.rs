@@ -1,1 +1,56 @@
+//! The text model through the shard's embedder: real vectors that behave.
 
+use vitrine_integration_tests::workspace_root;
+use vitrine_shard::embed::{default_model_paths, TextEmbedder, TextModelConfig};
+
+fn embedder() -> std::sync::Arc<TextEmbedder> {
+    let (dir, lib) = default_model_paths(&workspace_root());
+    TextEmbedder::load(&TextModelConfig::new(dir, lib)).expect("run scripts/fetch-models.sh first")
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn paraphrases_score_higher_than_unrelated_titles() {
+    let e = embedder();
+    assert_eq!(e.dimension(), 384);
+    let pairs = [
+        ("Nike Men Black Running Shoes", "Black running sneakers for men by Nike", "Titan Women Gold Analog Watch"),
+        ("Women Blue Denim Jeans Slim Fit", "Slim-fit blue jeans for women", "Stainless steel chef's knife 8 inch"),
+        ("Cast Iron Skillet 10 inch Pre-Seasoned", "Pre-seasoned 10\" cast-iron frying pan", "Kids pink cotton t-shirt"),
+        ("Wireless Noise Cancelling Headphones", "Bluetooth over-ear headphones with active noise cancellation", "Leather hiking boots waterproof"),
+        ("Vitamin C Brightening Face Serum", "Facial serum with vitamin C for brighter skin", "Men's wool winter coat charcoal"),
+    ];
+    for (a, para, other) in pairs {
+        let v = e.embed(&[a, para, other]).unwrap();
+        let (p, u) = (dot(&v[0], &v[1]), dot(&v[0], &v[2]));
+        assert!(p > u + 0.2, "{a:?}: paraphrase {p:.3} vs unrelated {u:.3}");
+    }
+}
+
+#[test]
+fn vectors_are_unit_length_deterministic_and_independent_of_batch_padding() {
+    let e = embedder();
+    let short = "Red cotton scarf";
+    let long = "A very long product description about an insulated waterproof winter parka with a detachable hood, \
+                many pockets, recycled down filling and reflective trims for visibility on dark evenings";
+    let alone = e.embed(&[short]).unwrap().remove(0);
+    let batched = e.embed(&[long, short, long]).unwrap();
+    let norm: f32 = alone.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+    // Padding to the longest text of a batch must not change a short text's vector.
+    let diff = alone.iter().zip(&batched[1]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-4, "max difference {diff}");
+    assert_eq!(e.embed(&[short]).unwrap()[0], alone, "same text, same vector");
+}
+
+#[test]
+fn a_missing_library_or_model_is_an_error_not_a_panic() {
+    let (dir, lib) = default_model_paths(&workspace_root());
+    let err = TextEmbedder::load(&TextModelConfig::new(&dir, "/nonexistent/libonnxruntime.so")).unwrap_err();
+    assert!(err.to_string().contains("ONNX Runtime library"), "{err}");
+    let err = TextEmbedder::load(&TextModelConfig::new("/nonexistent-model-dir", &lib)).unwrap_err();
+    assert!(err.to_string().contains("model.onnx"), "{err}");
+}

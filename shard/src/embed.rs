@@ -65,6 +65,23 @@ impl TextModelConfig {
     }
 }
 
+/// ONNX Runtime allows one environment per process, bound to the library it
+/// was loaded from; every model shares it.
+static ENVIRONMENT: parking_lot::Mutex<Option<(PathBuf, ort::environment::Environment)>> = parking_lot::Mutex::new(None);
+
+fn environment(library: &Path) -> Result<ort::environment::Environment, String> {
+    let mut slot = ENVIRONMENT.lock();
+    if let Some((loaded, env)) = slot.as_ref() {
+        if loaded != library {
+            return Err(format!("ONNX Runtime was already loaded from {} in this process", loaded.display()));
+        }
+        return Ok(env.clone());
+    }
+    let env = ort::init_from(library).map_err(|e| e.to_string())?.with_name("vitrine").build().map_err(|e| e.to_string())?;
+    *slot = Some((library.to_path_buf(), env.clone()));
+    Ok(env)
+}
+
 /// A loaded text model with a pool of ORT sessions.
 pub struct TextEmbedder {
     tokenizer: Tokenizer,
@@ -91,11 +108,7 @@ impl TextEmbedder {
         if !cfg.ort_library.is_file() {
             return Err(lib_err("file not found (run scripts/fetch-models.sh)".into()));
         }
-        let env = ort::init_from(&cfg.ort_library)
-            .map_err(|e| lib_err(e.to_string()))?
-            .with_name("vitrine")
-            .build()
-            .map_err(|e| lib_err(e.to_string()))?;
+        let env = environment(&cfg.ort_library).map_err(lib_err)?;
 
         let model_path = cfg.model_dir.join("model.onnx");
         let model_err = |reason: String| EmbedError::Model { path: model_path.clone(), reason };

