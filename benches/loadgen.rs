@@ -1,1 +1,183 @@
-fn main(){}
+//! `vitrine-loadgen`: closed-loop gRPC load against a running router, with
+//! latency percentiles from an HDR histogram.
+//!
+//! Each of `--concurrency` workers sends its next request as soon as the
+//! previous answer arrives, for `--duration` seconds; `--rate` caps the total
+//! request rate (open-loop pacing per worker) to measure latency at a fixed
+//! load rather than at saturation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use tokio::sync::Mutex;
+use tonic::transport::Endpoint;
+use vitrine_proto::pb::{self, vitrine_client::VitrineClient};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    /// Search by a random unit vector (no embedding).
+    SearchVector,
+    /// Search by a product-like phrase (embedded once by a shard).
+    SearchText,
+    /// Recommend from a random 3-item history.
+    Recommend,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Load generator for a running Vitrine router")]
+struct Args {
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    #[arg(long, value_enum, default_value = "search-vector")]
+    mode: Mode,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Seconds of measurement (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Total requests per second to offer (0 = as fast as answers come).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    k: u32,
+    /// Before measuring, upsert this many items with random vectors (ids
+    /// `lg-<n>`); needed for `recommend`.
+    #[arg(long, default_value_t = 0)]
+    seed_items: usize,
+}
+
+const PHRASES: &[&str] = &[
+    "waterproof hiking boots",
+    "men's black leather watch",
+    "linen summer dress",
+    "wireless noise cancelling headphones",
+    "cast iron skillet",
+    "slim fit blue jeans",
+    "running shoes for women",
+    "vitamin c face serum",
+    "kids cotton t-shirt",
+    "travel backpack with laptop sleeve",
+];
+
+fn unit(rng: &mut impl Rng, dim: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let channel = Endpoint::from_shared(args.addr.clone())?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", args.addr))?;
+    let mut client = VitrineClient::new(channel.clone()).max_encoding_message_size(64 << 20);
+    let info = client.cluster_info(pb::ClusterInfoRequest {}).await?.into_inner();
+    let dim = info.dimension as usize;
+    anyhow::ensure!(dim > 0, "cluster reports no dimension");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    if args.seed_items > 0 {
+        let started = Instant::now();
+        for chunk in (0..args.seed_items).collect::<Vec<_>>().chunks(1000) {
+            let items = chunk
+                .iter()
+                .map(|i| pb::Item {
+                    id: format!("lg-{i}"),
+                    vector: Some(pb::Vector { values: unit(&mut rng, dim) }),
+                    ..Default::default()
+                })
+                .collect();
+            client.upsert_items(pb::UpsertItemsRequest { items }).await?;
+        }
+        eprintln!("seeded {} items in {:.1} s", args.seed_items, started.elapsed().as_secs_f64());
+    }
+    let total_items = info.shards.iter().map(|s| s.items).sum::<u64>() as usize + args.seed_items;
+
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let warmup_end = Instant::now() + Duration::from_secs(1);
+    let end = warmup_end + Duration::from_secs(args.duration);
+    let pace = (args.rate > 0).then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate as f64));
+    let mut tasks = Vec::new();
+    for w in 0..args.concurrency {
+        let mut client = VitrineClient::new(channel.clone());
+        let hist = Arc::clone(&hist);
+        let errors = Arc::clone(&errors);
+        let mode = args.mode;
+        let k = args.k;
+        let seeded = args.seed_items;
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let mut next = Instant::now();
+            while Instant::now() < end {
+                if let Some(p) = pace {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += p;
+                }
+                let t = Instant::now();
+                let ok = match mode {
+                    Mode::SearchVector => client
+                        .search(pb::SearchRequest {
+                            query: Some(pb::search_request::Query::Vector(pb::Vector { values: unit(&mut rng, dim) })),
+                            k,
+                            ..Default::default()
+                        })
+                        .await
+                        .is_ok(),
+                    Mode::SearchText => {
+                        let q = PHRASES[rng.random_range(0..PHRASES.len())];
+                        client
+                            .search(pb::SearchRequest {
+                                query: Some(pb::search_request::Query::Text(q.into())),
+                                k,
+                                ..Default::default()
+                            })
+                            .await
+                            .is_ok()
+                    }
+                    Mode::Recommend => {
+                        let n = seeded.max(1);
+                        let history = (0..3).map(|_| format!("lg-{}", rng.random_range(0..n))).collect();
+                        client.recommend(pb::RecommendRequest { history, k, ..Default::default() }).await.is_ok()
+                    }
+                };
+                if !ok {
+                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                if t >= warmup_end {
+                    local.record(t.elapsed().as_micros().max(1) as u64).ok();
+                }
+            }
+            hist.lock().await.add(&local).ok();
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let h = hist.lock().await;
+    let secs = args.duration as f64;
+    println!(
+        "mode={:?} items={} concurrency={} rate={} k={} requests={} errors={} qps={:.0} p50={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms",
+        args.mode,
+        total_items,
+        args.concurrency,
+        if args.rate > 0 { args.rate.to_string() } else { "max".into() },
+        args.k,
+        h.len(),
+        errors.load(std::sync::atomic::Ordering::Relaxed),
+        h.len() as f64 / secs,
+        h.value_at_quantile(0.50) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.value_at_quantile(0.999) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    );
+    Ok(())
+}

@@ -46,10 +46,26 @@ async fn bad_ids(ctx: &Ctx) -> Result<()> {
     expect(c.upsert_items(upsert(vec![item(&"x".repeat(300), "a title")])).await, Code::InvalidArgument, "300 bytes")?;
     expect(c.upsert_items(upsert(vec![item("a\u{7}b", "a title")])).await, Code::InvalidArgument, "control")?;
     expect(c.upsert_items(upsert(vec![item("dup", "a"), item("dup", "b")])).await, Code::InvalidArgument, "twice")?;
-    expect(c.upsert_items(upsert(vec![item("no-text", "")])).await, Code::InvalidArgument, "neither a vector nor a title")?;
-    expect(c.get_items(pb::GetItemsRequest { ids: vec!["".into()], with_vectors: false }).await, Code::InvalidArgument, "empty")?;
-    expect(c.delete_items(pb::DeleteItemsRequest { ids: vec!["x".repeat(257)] }).await, Code::InvalidArgument, "257 bytes")?;
-    expect(c.similar_items(pb::SimilarItemsRequest { id: String::new(), k: 5, ..Default::default() }).await, Code::InvalidArgument, "empty")?;
+    expect(
+        c.upsert_items(upsert(vec![item("no-text", "")])).await,
+        Code::InvalidArgument,
+        "neither a vector nor a title",
+    )?;
+    expect(
+        c.get_items(pb::GetItemsRequest { ids: vec!["".into()], with_vectors: false }).await,
+        Code::InvalidArgument,
+        "empty",
+    )?;
+    expect(
+        c.delete_items(pb::DeleteItemsRequest { ids: vec!["x".repeat(257)] }).await,
+        Code::InvalidArgument,
+        "257 bytes",
+    )?;
+    expect(
+        c.similar_items(pb::SimilarItemsRequest { id: String::new(), k: 5, ..Default::default() }).await,
+        Code::InvalidArgument,
+        "empty",
+    )?;
     Ok(())
 }
 
@@ -60,9 +76,17 @@ async fn bad_vectors(ctx: &Ctx) -> Result<()> {
     expect(c.upsert_items(upsert(vec![with_vector("nan", v.clone())])).await, Code::InvalidArgument, "non-finite")?;
     v[7] = f32::INFINITY;
     expect(c.upsert_items(upsert(vec![with_vector("inf", v)])).await, Code::InvalidArgument, "non-finite")?;
-    expect(c.upsert_items(upsert(vec![with_vector("short", vec![1.0, 2.0, 3.0])])).await, Code::InvalidArgument, "dimension 3")?;
+    expect(
+        c.upsert_items(upsert(vec![with_vector("short", vec![1.0, 2.0, 3.0])])).await,
+        Code::InvalidArgument,
+        "dimension 3",
+    )?;
     expect(c.upsert_items(upsert(vec![with_vector("zero", vec![0.0; 384])])).await, Code::InvalidArgument, "zero")?;
-    let q = |values: Vec<f32>| pb::SearchRequest { query: Some(Query::Vector(pb::Vector { values })), k: 5, ..Default::default() };
+    let q = |values: Vec<f32>| pb::SearchRequest {
+        query: Some(Query::Vector(pb::Vector { values })),
+        k: 5,
+        ..Default::default()
+    };
     expect(c.search(q(vec![1.0; 10])).await, Code::InvalidArgument, "dimension 10")?;
     expect(c.search(q(vec![f32::NEG_INFINITY; 384])).await, Code::InvalidArgument, "non-finite")?;
     Ok(())
@@ -82,8 +106,17 @@ async fn bad_k(ctx: &Ctx) -> Result<()> {
     let mut c = connect(&ctx.url).await?;
     expect(c.search(text_query("shoes", 0)).await, Code::InvalidArgument, "k = 0")?;
     expect(c.search(text_query("shoes", 1001)).await, Code::InvalidArgument, "k = 1001")?;
-    expect(c.similar_items(pb::SimilarItemsRequest { id: ctx.seed[0].id.clone(), k: 0, ..Default::default() }).await, Code::InvalidArgument, "k = 0")?;
-    expect(c.recommend(pb::RecommendRequest { history: vec![ctx.seed[0].id.clone()], k: 5000, ..Default::default() }).await, Code::InvalidArgument, "k = 5000")?;
+    expect(
+        c.similar_items(pb::SimilarItemsRequest { id: ctx.seed[0].id.clone(), k: 0, ..Default::default() }).await,
+        Code::InvalidArgument,
+        "k = 0",
+    )?;
+    expect(
+        c.recommend(pb::RecommendRequest { history: vec![ctx.seed[0].id.clone()], k: 5000, ..Default::default() })
+            .await,
+        Code::InvalidArgument,
+        "k = 5000",
+    )?;
     Ok(())
 }
 
@@ -92,7 +125,11 @@ async fn bad_queries(ctx: &Ctx) -> Result<()> {
     expect(c.search(pb::SearchRequest { k: 5, ..Default::default() }).await, Code::InvalidArgument, "needs a query")?;
     expect(c.search(text_query("   ", 5)).await, Code::InvalidArgument, "empty")?;
     expect(c.search(text_query(&"word ".repeat(10_000), 5)).await, Code::InvalidArgument, "limit")?;
-    expect(c.recommend(pb::RecommendRequest { k: 5, ..Default::default() }).await, Code::InvalidArgument, "needs a user_id")?;
+    expect(
+        c.recommend(pb::RecommendRequest { k: 5, ..Default::default() }).await,
+        Code::InvalidArgument,
+        "needs a user_id",
+    )?;
     let ev = |t: pb::EventType, user: &str| pb::RecordEventsRequest {
         events: vec![pb::Event { user_id: user.into(), item_id: "i".into(), r#type: t as i32, timestamp_ms: 0 }],
     };
@@ -104,7 +141,11 @@ async fn bad_queries(ctx: &Ctx) -> Result<()> {
 async fn bad_filters(ctx: &Ctx) -> Result<()> {
     let mut c = connect(&ctx.url).await?;
     let f = |filter: pb::Filter| pb::SearchRequest { filter: Some(filter), ..text_query("shoes", 5) };
-    expect(c.search(f(build::matches("colour", &["red"]))).await, Code::InvalidArgument, "unknown filter field \"colour\"")?;
+    expect(
+        c.search(f(build::matches("colour", &["red"]))).await,
+        Code::InvalidArgument,
+        "unknown filter field \"colour\"",
+    )?;
     expect(c.search(f(build::matches("price", &["10"]))).await, Code::InvalidArgument, "number field")?;
     expect(c.search(f(build::range("category", Some(1.0), None))).await, Code::InvalidArgument, "string field")?;
     expect(c.search(f(pb::Filter { kind: None })).await, Code::InvalidArgument, "no condition")?;
@@ -113,7 +154,8 @@ async fn bad_filters(ctx: &Ctx) -> Result<()> {
         deep = build::not(deep);
     }
     expect(c.search(f(deep)).await, Code::InvalidArgument, "deeper")?;
-    let sim = pb::SimilarItemsRequest { id: ctx.seed[0].id.clone(), k: 5, filter: Some(build::tag("")), with_items: false };
+    let sim =
+        pb::SimilarItemsRequest { id: ctx.seed[0].id.clone(), k: 5, filter: Some(build::tag("")), with_items: false };
     expect(c.similar_items(sim).await, Code::InvalidArgument, "empty tag")?;
     Ok(())
 }

@@ -65,14 +65,19 @@ async fn scores_are_sorted_and_vectors_unit_length(ctx: &Ctx) -> Result<()> {
     ensure!(r.hits.len() == 50, "{} hits", r.hits.len());
     ensure!(r.hits.windows(2).all(|w| w[0].score >= w[1].score), "scores not descending");
     ensure!(ids(&r).iter().collect::<HashSet<_>>().len() == 50, "duplicate ids in results");
-    let got = c.get_items(pb::GetItemsRequest { ids: vec![r.hits[0].id.clone()], with_vectors: true }).await?.into_inner();
+    let got =
+        c.get_items(pb::GetItemsRequest { ids: vec![r.hits[0].id.clone()], with_vectors: true }).await?.into_inner();
     let v = &got.items[0].vector.as_ref().context("no vector")?.values;
     ensure!(v.len() == 384, "dimension {}", v.len());
     let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     ensure!((norm - 1.0).abs() < 1e-3, "norm {norm}");
     // Searching by the stored vector returns the item with score ~1.
     let r2 = c
-        .search(pb::SearchRequest { query: Some(pb::search_request::Query::Vector(pb::Vector { values: v.clone() })), k: 1, ..Default::default() })
+        .search(pb::SearchRequest {
+            query: Some(pb::search_request::Query::Vector(pb::Vector { values: v.clone() })),
+            k: 1,
+            ..Default::default()
+        })
         .await?
         .into_inner();
     ensure!(r2.hits[0].id == r.hits[0].id && r2.hits[0].score > 0.999, "{:?}", r2.hits);
@@ -82,12 +87,18 @@ async fn scores_are_sorted_and_vectors_unit_length(ctx: &Ctx) -> Result<()> {
 async fn similar_items_never_returns_the_item(ctx: &Ctx) -> Result<()> {
     let mut c = connect(&ctx.url).await?;
     for it in ctx.items.iter().step_by(40).take(50) {
-        let r = c.similar_items(pb::SimilarItemsRequest { id: it.id.clone(), k: 10, ..Default::default() }).await?.into_inner();
+        let r = c
+            .similar_items(pb::SimilarItemsRequest { id: it.id.clone(), k: 10, ..Default::default() })
+            .await?
+            .into_inner();
         full_coverage(&r)?;
         ensure!(r.hits.len() == 10, "{} hits for {}", r.hits.len(), it.id);
         ensure!(!ids(&r).contains(&it.id.as_str()), "{} returned itself", it.id);
     }
-    let err = c.similar_items(pb::SimilarItemsRequest { id: "no-such-item".into(), k: 3, ..Default::default() }).await.unwrap_err();
+    let err = c
+        .similar_items(pb::SimilarItemsRequest { id: "no-such-item".into(), k: 3, ..Default::default() })
+        .await
+        .unwrap_err();
     ensure!(err.code() == tonic::Code::NotFound, "{err:?}");
     Ok(())
 }
@@ -100,7 +111,10 @@ async fn get_items_round_trips(ctx: &Ctx) -> Result<()> {
     let r = c.get_items(pb::GetItemsRequest { ids, with_vectors: false }).await?.into_inner();
     ensure!(r.missing == vec!["missing-id".to_string()], "missing {:?}", r.missing);
     for (got, sent) in r.items.iter().zip(&want) {
-        ensure!(got.id == sent.id && got.title == sent.title && got.attributes == sent.attributes, "{got:?} != {sent:?}");
+        ensure!(
+            got.id == sent.id && got.title == sent.title && got.attributes == sent.attributes,
+            "{got:?} != {sent:?}"
+        );
         ensure!(got.vector.is_none() && got.image.is_empty());
     }
     Ok(())
@@ -123,16 +137,26 @@ fn filter_checks(ctx: &Ctx) -> Vec<Check> {
     vec![
         (build::matches("category", &[&common]), Box::new(move |a: &pb::Attributes| a.category == c1)),
         (build::matches("category", &[&rare]), Box::new(move |a: &pb::Attributes| a.category == c2)),
-        (build::range("price", Some(20.0), Some(60.0)), Box::new(|a: &pb::Attributes| a.price.is_some_and(|p| (20.0..=60.0).contains(&p)))),
+        (
+            build::range("price", Some(20.0), Some(60.0)),
+            Box::new(|a: &pb::Attributes| a.price.is_some_and(|p| (20.0..=60.0).contains(&p))),
+        ),
         (build::in_stock(false), Box::new(|a: &pb::Attributes| a.in_stock == Some(false))),
         (build::tag("black"), Box::new(|a: &pb::Attributes| a.tags.iter().any(|t| t == "black"))),
         (
             build::or(vec![build::tag("red"), build::range("numbers.year", Some(2016.0), None)]),
-            Box::new(|a: &pb::Attributes| a.tags.iter().any(|t| t == "red") || a.numbers.get("year").is_some_and(|y| *y >= 2016.0)),
+            Box::new(|a: &pb::Attributes| {
+                a.tags.iter().any(|t| t == "red") || a.numbers.get("year").is_some_and(|y| *y >= 2016.0)
+            }),
         ),
         (
-            build::and(vec![build::matches("strings.gender", &["Women"]), build::not(build::range("price", None, Some(100.0)))]),
-            Box::new(|a: &pb::Attributes| a.strings.get("gender").is_some_and(|g| g == "Women") && !a.price.is_some_and(|p| p <= 100.0)),
+            build::and(vec![
+                build::matches("strings.gender", &["Women"]),
+                build::not(build::range("price", None, Some(100.0))),
+            ]),
+            Box::new(|a: &pb::Attributes| {
+                a.strings.get("gender").is_some_and(|g| g == "Women") && !a.price.is_some_and(|p| p <= 100.0)
+            }),
         ),
     ]
 }
@@ -157,7 +181,11 @@ async fn every_filtered_result_satisfies_its_filter(ctx: &Ctx) -> Result<()> {
                 ensure!(ctx.attrs(&h.id) == Some(a), "returned attributes differ from the loaded ones");
             }
             // Every matching item can be found: a selective filter is not cut short.
-            ensure!(r.hits.len() == matching.min(50), "filter #{i} {q:?}: {} hits, {matching} items match", r.hits.len());
+            ensure!(
+                r.hits.len() == matching.min(50),
+                "filter #{i} {q:?}: {} hits, {matching} items match",
+                r.hits.len()
+            );
         }
     }
     Ok(())
@@ -178,21 +206,38 @@ async fn deleted_items_vanish_from_every_result(ctx: &Ctx) -> Result<()> {
         let by_text = c.search(text_query(&it.title, 20)).await?.into_inner();
         ensure!(!ids(&by_text).iter().any(|id| gone.contains(id)), "deleted item in text results");
         let v = stored.vector.clone().context("vector")?;
-        let by_vec = c.search(pb::SearchRequest { query: Some(pb::search_request::Query::Vector(v)), k: 20, ..Default::default() }).await?.into_inner();
+        let by_vec = c
+            .search(pb::SearchRequest {
+                query: Some(pb::search_request::Query::Vector(v)),
+                k: 20,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
         ensure!(!ids(&by_vec).iter().any(|id| gone.contains(id)), "deleted item in vector results");
         if let Some(neighbour) = by_vec.hits.first() {
-            let sim = c.similar_items(pb::SimilarItemsRequest { id: neighbour.id.clone(), k: 20, ..Default::default() }).await?.into_inner();
+            let sim = c
+                .similar_items(pb::SimilarItemsRequest { id: neighbour.id.clone(), k: 20, ..Default::default() })
+                .await?
+                .into_inner();
             ensure!(!ids(&sim).iter().any(|id| gone.contains(id)), "deleted item in similar items");
         }
         let rec = c
-            .recommend(pb::RecommendRequest { history: vec![it.id.clone(), ctx.items[3].id.clone()], k: 20, ..Default::default() })
+            .recommend(pb::RecommendRequest {
+                history: vec![it.id.clone(), ctx.items[3].id.clone()],
+                k: 20,
+                ..Default::default()
+            })
             .await?
             .into_inner();
         ensure!(!ids(&rec).iter().any(|id| gone.contains(id)), "deleted item recommended");
     }
     let get = c.get_items(pb::GetItemsRequest { ids: doomed_ids.clone(), with_vectors: false }).await?.into_inner();
     ensure!(get.items.is_empty() && get.missing.len() == 20, "deleted items still readable");
-    let err = c.similar_items(pb::SimilarItemsRequest { id: doomed_ids[0].clone(), k: 3, ..Default::default() }).await.unwrap_err();
+    let err = c
+        .similar_items(pb::SimilarItemsRequest { id: doomed_ids[0].clone(), k: 3, ..Default::default() })
+        .await
+        .unwrap_err();
     ensure!(err.code() == tonic::Code::NotFound, "{err:?}");
     Ok(())
 }
@@ -202,8 +247,15 @@ async fn updates_replace_text_and_vector(ctx: &Ctx) -> Result<()> {
     let mut it = ctx.mutable[30].clone();
     it.title = "Zephyr ultralight carbon fibre trekking poles with cork grips".into();
     c.upsert_items(pb::UpsertItemsRequest { items: vec![it.clone()] }).await?;
-    let r = c.search(pb::SearchRequest { with_items: true, ..text_query("carbon fibre trekking poles", 3) }).await?.into_inner();
-    ensure!(r.hits.first().map(|h| h.id.as_str()) == Some(it.id.as_str()), "updated item not found by its new title: {:?}", ids(&r));
+    let r = c
+        .search(pb::SearchRequest { with_items: true, ..text_query("carbon fibre trekking poles", 3) })
+        .await?
+        .into_inner();
+    ensure!(
+        r.hits.first().map(|h| h.id.as_str()) == Some(it.id.as_str()),
+        "updated item not found by its new title: {:?}",
+        ids(&r)
+    );
     ensure!(r.hits[0].item.as_ref().map(|i| i.title.as_str()) == Some(it.title.as_str()));
     ensure!(ids(&r).iter().filter(|id| **id == it.id).count() == 1, "the old version is still served");
     let info = c.cluster_info(pb::ClusterInfoRequest {}).await?.into_inner();
@@ -223,7 +275,8 @@ async fn recommendations_follow_history_and_exclude_seen(ctx: &Ctx) -> Result<()
     let history: Vec<String> = pick.iter().map(|i| i.id.clone()).collect();
 
     // Anonymous session with an explicit history.
-    let r = c.recommend(pb::RecommendRequest { history: history.clone(), k: 10, ..Default::default() }).await?.into_inner();
+    let r =
+        c.recommend(pb::RecommendRequest { history: history.clone(), k: 10, ..Default::default() }).await?.into_inner();
     full_coverage(&r)?;
     ensure!(r.hits.len() == 10);
     ensure!(!ids(&r).iter().any(|id| history.contains(&id.to_string())), "seen items recommended");
@@ -235,25 +288,41 @@ async fn recommendations_follow_history_and_exclude_seen(ctx: &Ctx) -> Result<()
     let events = history
         .iter()
         .enumerate()
-        .map(|(i, id)| pb::Event { user_id: user.into(), item_id: id.clone(), r#type: pb::EventType::Purchase as i32, timestamp_ms: 1_700_000_000_000 + i as i64 })
+        .map(|(i, id)| pb::Event {
+            user_id: user.into(),
+            item_id: id.clone(),
+            r#type: pb::EventType::Purchase as i32,
+            timestamp_ms: 1_700_000_000_000 + i as i64,
+        })
         .collect();
     let rec = c.record_events(pb::RecordEventsRequest { events }).await?.into_inner();
     ensure!(rec.recorded == 3);
     let r = c.recommend(pb::RecommendRequest { user_id: user.into(), k: 10, ..Default::default() }).await?.into_inner();
     ensure!(r.hits.len() == 10 && !ids(&r).iter().any(|id| history.contains(&id.to_string())));
-    let r = c.recommend(pb::RecommendRequest { user_id: user.into(), k: 10, include_seen: true, ..Default::default() }).await?.into_inner();
+    let r = c
+        .recommend(pb::RecommendRequest { user_id: user.into(), k: 10, include_seen: true, ..Default::default() })
+        .await?
+        .into_inner();
     ensure!(ids(&r).iter().any(|id| history.contains(&id.to_string())), "include_seen must allow seen items");
 
     // Positive and negative examples are never returned.
     let other = ctx.items.iter().find(|i| category_of(ctx, &i.id) != cat).context("a second category")?;
     let r = c
-        .recommend(pb::RecommendRequest { positive: vec![history[0].clone()], negative: vec![other.id.clone()], k: 10, ..Default::default() })
+        .recommend(pb::RecommendRequest {
+            positive: vec![history[0].clone()],
+            negative: vec![other.id.clone()],
+            k: 10,
+            ..Default::default()
+        })
         .await?
         .into_inner();
     ensure!(!ids(&r).contains(&history[0].as_str()) && !ids(&r).contains(&other.id.as_str()));
 
     // A user nobody has seen gets an empty answer, not an error.
-    let r = c.recommend(pb::RecommendRequest { user_id: "never-seen".into(), k: 5, ..Default::default() }).await?.into_inner();
+    let r = c
+        .recommend(pb::RecommendRequest { user_id: "never-seen".into(), k: 5, ..Default::default() })
+        .await?
+        .into_inner();
     ensure!(r.hits.is_empty());
     Ok(())
 }

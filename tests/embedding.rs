@@ -19,9 +19,21 @@ fn paraphrases_score_higher_than_unrelated_titles() {
     let pairs = [
         ("Nike Men Black Running Shoes", "Black running sneakers for men by Nike", "Titan Women Gold Analog Watch"),
         ("Women Blue Denim Jeans Slim Fit", "Slim-fit blue jeans for women", "Stainless steel chef's knife 8 inch"),
-        ("Cast Iron Skillet 10 inch Pre-Seasoned", "Pre-seasoned 10\" cast-iron frying pan", "Kids pink cotton t-shirt"),
-        ("Wireless Noise Cancelling Headphones", "Bluetooth over-ear headphones with active noise cancellation", "Leather hiking boots waterproof"),
-        ("Vitamin C Brightening Face Serum", "Facial serum with vitamin C for brighter skin", "Men's wool winter coat charcoal"),
+        (
+            "Cast Iron Skillet 10 inch Pre-Seasoned",
+            "Pre-seasoned 10\" cast-iron frying pan",
+            "Kids pink cotton t-shirt",
+        ),
+        (
+            "Wireless Noise Cancelling Headphones",
+            "Bluetooth over-ear headphones with active noise cancellation",
+            "Leather hiking boots waterproof",
+        ),
+        (
+            "Vitamin C Brightening Face Serum",
+            "Facial serum with vitamin C for brighter skin",
+            "Men's wool winter coat charcoal",
+        ),
     ];
     for (a, para, other) in pairs {
         let v = e.embed(&[a, para, other]).unwrap();

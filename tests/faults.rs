@@ -25,7 +25,12 @@ async fn dead_and_slow_shards_degrade_reads_and_recover() {
     let topo = &topo;
     let on = |shard: u32| items.iter().filter(move |i| topo.shard_of(&i.id) == shard);
     let events: Vec<pb::Event> = (0..30)
-        .map(|u| pb::Event { user_id: format!("user-{u}"), item_id: items[u].id.clone(), r#type: pb::EventType::Click as i32, timestamp_ms: 0 })
+        .map(|u| pb::Event {
+            user_id: format!("user-{u}"),
+            item_id: items[u].id.clone(),
+            r#type: pb::EventType::Click as i32,
+            timestamp_ms: 0,
+        })
         .collect();
     assert_eq!(c.record_events(pb::RecordEventsRequest { events }).await.unwrap().into_inner().recorded, 30);
 
@@ -39,9 +44,17 @@ async fn dead_and_slow_shards_degrade_reads_and_recover() {
     assert_eq!(r.hits.len(), 10);
     assert!(r.hits.iter().all(|h| h.shard != 2));
     let anchor = on(0).next().unwrap();
-    let r = c.similar_items(pb::SimilarItemsRequest { id: anchor.id.clone(), k: 5, ..Default::default() }).await.unwrap().into_inner();
+    let r = c
+        .similar_items(pb::SimilarItemsRequest { id: anchor.id.clone(), k: 5, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(coverage(&r), (3, 2, true));
-    let r = c.recommend(pb::RecommendRequest { history: vec![anchor.id.clone()], k: 5, ..Default::default() }).await.unwrap().into_inner();
+    let r = c
+        .recommend(pb::RecommendRequest { history: vec![anchor.id.clone()], k: 5, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r.coverage.unwrap().degraded);
     let info = c.cluster_info(pb::ClusterInfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.shards[2].state, pb::ShardState::Unreachable as i32);
@@ -82,11 +95,19 @@ async fn dead_and_slow_shards_degrade_reads_and_recover() {
     let info = c.cluster_info(pb::ClusterInfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.shards.iter().map(|s| s.users).sum::<u64>(), 30, "user profiles survive restarts");
     if owner != 2 {
-        let got = c.get_items(pb::GetItemsRequest { ids: vec![fresh.id.clone()], with_vectors: false }).await.unwrap().into_inner();
+        let got = c
+            .get_items(pb::GetItemsRequest { ids: vec![fresh.id.clone()], with_vectors: false })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(got.items.len(), 1);
     }
     // The refused write was not applied.
-    let got = c.get_items(pb::GetItemsRequest { ids: vec![orphan.id.clone()], with_vectors: false }).await.unwrap().into_inner();
+    let got = c
+        .get_items(pb::GetItemsRequest { ids: vec![orphan.id.clone()], with_vectors: false })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!got.items[0].title.ends_with("(updated)"));
 
     // A frozen shard (accepts, never answers): the client's deadline is

@@ -120,7 +120,9 @@ impl Filter {
             return Err(InvalidInput::new(format!("filter has more than {MAX_NODES} nodes")));
         }
         let Some(kind) = &f.kind else {
-            return Err(InvalidInput::new("filter node has no condition set (match, range, in_stock, tag, and, or, not)"));
+            return Err(InvalidInput::new(
+                "filter node has no condition set (match, range, in_stock, tag, and, or, not)",
+            ));
         };
         Ok(match kind {
             Kind::Match(m) => match field_kind(&m.field)? {
@@ -163,12 +165,12 @@ impl Filter {
                 }
                 Filter::Tag(t.clone())
             }
-            Kind::And(list) => Filter::And(
-                list.filters.iter().map(|f| Self::convert(f, depth + 1, nodes)).collect::<Result<_, _>>()?,
-            ),
-            Kind::Or(list) => Filter::Or(
-                list.filters.iter().map(|f| Self::convert(f, depth + 1, nodes)).collect::<Result<_, _>>()?,
-            ),
+            Kind::And(list) => {
+                Filter::And(list.filters.iter().map(|f| Self::convert(f, depth + 1, nodes)).collect::<Result<_, _>>()?)
+            }
+            Kind::Or(list) => {
+                Filter::Or(list.filters.iter().map(|f| Self::convert(f, depth + 1, nodes)).collect::<Result<_, _>>()?)
+            }
             Kind::Not(inner) => Filter::Not(Box::new(Self::convert(inner, depth + 1, nodes)?)),
         })
     }
@@ -221,9 +223,7 @@ pub mod build {
         }
     }
     pub fn range(field: &str, gte: Option<f64>, lte: Option<f64>) -> pb::Filter {
-        pb::Filter {
-            kind: Some(Kind::Range(pb::Range { field: field.to_string(), gte, lte, ..Default::default() })),
-        }
+        pb::Filter { kind: Some(Kind::Range(pb::Range { field: field.to_string(), gte, lte, ..Default::default() })) }
     }
     pub fn in_stock(v: bool) -> pb::Filter {
         pb::Filter { kind: Some(Kind::InStock(v)) }

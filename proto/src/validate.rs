@@ -221,10 +221,9 @@ pub fn event(e: &pb::Event, limits: &Limits) -> Result<(), InvalidInput> {
             "event for user {:?} has type {}; use VIEW, CLICK, ADD_TO_CART or PURCHASE",
             e.user_id, e.r#type
         ))),
-        Ok(_) if e.timestamp_ms < 0 => Err(InvalidInput::new(format!(
-            "event for user {:?} has a negative timestamp",
-            e.user_id
-        ))),
+        Ok(_) if e.timestamp_ms < 0 => {
+            Err(InvalidInput::new(format!("event for user {:?} has a negative timestamp", e.user_id)))
+        }
         Ok(_) => Ok(()),
     }
 }

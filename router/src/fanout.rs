@@ -188,7 +188,9 @@ impl Shards {
                 })
                 .await;
             match result {
-                Ok(resp) => return resp.vector.map(|v| v.values).ok_or_else(|| Status::internal("shard returned no vector")),
+                Ok(resp) => {
+                    return resp.vector.map(|v| v.values).ok_or_else(|| Status::internal("shard returned no vector"))
+                }
                 Err(s) if is_client_error(s.code()) => return Err(s),
                 Err(s) => last = s,
             }

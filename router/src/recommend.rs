@@ -46,7 +46,12 @@ pub struct Touch<'a> {
 }
 
 /// The user vector, or `None` when there is nothing to go on.
-pub fn user_vector(history: &[Touch<'_>], positive: &[&[f32]], negative: &[&[f32]], p: &UserVectorParams) -> Option<Vec<f32>> {
+pub fn user_vector(
+    history: &[Touch<'_>],
+    positive: &[&[f32]],
+    negative: &[&[f32]],
+    p: &UserVectorParams,
+) -> Option<Vec<f32>> {
     let dim = history.first().map(|t| t.vector.len()).or_else(|| positive.first().map(|v| v.len()))?;
     let mut u = vec![0f32; dim];
     let mut total = 0f32;
@@ -99,10 +104,22 @@ mod tests {
         let (a, b) = ([1.0, 0.0], [0.0, 1.0]);
         let p = UserVectorParams::default();
         // Viewed a, then b: b is newer and wins.
-        let u = user_vector(&[Touch { vector: &a, event: EventType::View }, Touch { vector: &b, event: EventType::View }], &[], &[], &p).unwrap();
+        let u = user_vector(
+            &[Touch { vector: &a, event: EventType::View }, Touch { vector: &b, event: EventType::View }],
+            &[],
+            &[],
+            &p,
+        )
+        .unwrap();
         assert!(dot(&u, &b) > dot(&u, &a));
         // Purchased a, then only viewed b: the purchase wins.
-        let u = user_vector(&[Touch { vector: &a, event: EventType::Purchase }, Touch { vector: &b, event: EventType::View }], &[], &[], &p).unwrap();
+        let u = user_vector(
+            &[Touch { vector: &a, event: EventType::Purchase }, Touch { vector: &b, event: EventType::View }],
+            &[],
+            &[],
+            &p,
+        )
+        .unwrap();
         assert!(dot(&u, &a) > dot(&u, &b));
         assert!((dot(&u, &u) - 1.0).abs() < 1e-5);
     }

@@ -155,10 +155,14 @@ impl Router {
         } else {
             tonic::Code::Unavailable
         };
-        let details: Vec<String> = failed.iter().map(|(sh, s)| format!("{} {what} not acknowledged by {}", sizes[sh], s.message())).collect();
+        let details: Vec<String> =
+            failed.iter().map(|(sh, s)| format!("{} {what} not acknowledged by {}", sizes[sh], s.message())).collect();
         Err(Status::new(
             code,
-            format!("{}; {acked} {what} were acknowledged by other shards; writes are idempotent, retry the request", details.join("; ")),
+            format!(
+                "{}; {acked} {what} were acknowledged by other shards; writes are idempotent, retry the request",
+                details.join("; ")
+            ),
         ))
     }
 
@@ -218,7 +222,11 @@ impl Router {
         (found, errors)
     }
 
-    async fn query_vector(&self, deadline: Deadline, query: Option<pb::search_request::Query>) -> Result<Vec<f32>, Status> {
+    async fn query_vector(
+        &self,
+        deadline: Deadline,
+        query: Option<pb::search_request::Query>,
+    ) -> Result<Vec<f32>, Status> {
         use pb::search_request::Query;
         let limits = &self.settings.limits;
         match query {
@@ -267,7 +275,10 @@ fn validate_filter(f: Option<&pb::Filter>) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl pb::vitrine_server::Vitrine for VitrineService {
-    async fn upsert_items(&self, request: Request<pb::UpsertItemsRequest>) -> Result<Response<pb::UpsertItemsResponse>, Status> {
+    async fn upsert_items(
+        &self,
+        request: Request<pb::UpsertItemsRequest>,
+    ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
         let r = &self.router;
         let deadline = r.write_deadline(&request);
         let items = request.into_inner().items;
@@ -291,7 +302,12 @@ impl pb::vitrine_server::Vitrine for VitrineService {
                 let fail = |s: Status, total: &pb::UpsertItemsResponse| {
                     Status::new(
                         s.code(),
-                        format!("batch {} failed after {} items were acknowledged: {}", batches + 1, total.upserted, s.message()),
+                        format!(
+                            "batch {} failed after {} items were acknowledged: {}",
+                            batches + 1,
+                            total.upserted,
+                            s.message()
+                        ),
                     )
                 };
                 let batch = msg.map_err(|s| fail(s, &total))?;
@@ -307,7 +323,10 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         .await
     }
 
-    async fn delete_items(&self, request: Request<pb::DeleteItemsRequest>) -> Result<Response<pb::DeleteItemsResponse>, Status> {
+    async fn delete_items(
+        &self,
+        request: Request<pb::DeleteItemsRequest>,
+    ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
         let r = &self.router;
         let deadline = r.write_deadline(&request);
         let ids = request.into_inner().ids;
@@ -334,7 +353,8 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         let deadline = r.read_deadline(&request);
         let req = request.into_inner();
         validate::ids("item id", &req.ids, &r.settings.limits)?;
-        let (mut found, errors) = r.fetch_items(deadline, req.ids.clone(), req.with_vectors).instrument(request_span("GetItems")).await;
+        let (mut found, errors) =
+            r.fetch_items(deadline, req.ids.clone(), req.with_vectors).instrument(request_span("GetItems")).await;
         if let Some(e) = errors.into_iter().next() {
             return Err(Status::unavailable(format!("cannot read every requested item: {}", e.message())));
         }
@@ -372,7 +392,10 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         .await
     }
 
-    async fn similar_items(&self, request: Request<pb::SimilarItemsRequest>) -> Result<Response<pb::SearchResponse>, Status> {
+    async fn similar_items(
+        &self,
+        request: Request<pb::SimilarItemsRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
         let r = &self.router;
         let deadline = r.read_deadline(&request);
         let req = request.into_inner();
@@ -383,7 +406,11 @@ impl pb::vitrine_server::Vitrine for VitrineService {
             validate_filter(req.filter.as_ref())?;
             let (mut found, errors) = r.fetch_items(deadline, vec![req.id.clone()], true).await;
             if let Some(e) = errors.into_iter().next() {
-                return Err(Status::unavailable(format!("the shard holding item {:?} is unavailable: {}", req.id, e.message())));
+                return Err(Status::unavailable(format!(
+                    "the shard holding item {:?} is unavailable: {}",
+                    req.id,
+                    e.message()
+                )));
             }
             let vector = found
                 .remove(&req.id)
@@ -449,7 +476,11 @@ impl pb::vitrine_server::Vitrine for VitrineService {
                         (e.item_id, t)
                     })),
                     Err(s) if req.history.is_empty() && req.positive.is_empty() => {
-                        return Err(Status::unavailable(format!("the profile of user {:?} is unavailable: {}", req.user_id, s.message())))
+                        return Err(Status::unavailable(format!(
+                            "the profile of user {:?} is unavailable: {}",
+                            req.user_id,
+                            s.message()
+                        )))
                     }
                     Err(s) => {
                         tracing::warn!(error = s.message(), "profile unavailable; using the explicit history only");
@@ -459,13 +490,19 @@ impl pb::vitrine_server::Vitrine for VitrineService {
             }
             events.extend(req.history.iter().map(|id| (id.clone(), pb::EventType::View)));
 
-            let mut wanted: Vec<String> = events.iter().map(|(id, _)| id.clone()).chain(req.positive.iter().cloned()).chain(req.negative.iter().cloned()).collect();
+            let mut wanted: Vec<String> = events
+                .iter()
+                .map(|(id, _)| id.clone())
+                .chain(req.positive.iter().cloned())
+                .chain(req.negative.iter().cloned())
+                .collect();
             let mut seen_ids = HashSet::new();
             wanted.retain(|id| seen_ids.insert(id.clone()));
             let (found, errors) = r.fetch_items(deadline, wanted, true).await;
             degraded |= !errors.is_empty();
             let vec_of = |id: &str| found.get(id).and_then(|it| it.vector.as_ref()).map(|v| v.values.as_slice());
-            let touches: Vec<Touch<'_>> = events.iter().filter_map(|(id, t)| vec_of(id).map(|v| Touch { vector: v, event: *t })).collect();
+            let touches: Vec<Touch<'_>> =
+                events.iter().filter_map(|(id, t)| vec_of(id).map(|v| Touch { vector: v, event: *t })).collect();
             let positive: Vec<&[f32]> = req.positive.iter().filter_map(|id| vec_of(id)).collect();
             let negative: Vec<&[f32]> = req.negative.iter().filter_map(|id| vec_of(id)).collect();
             let Some(u) = user_vector(&touches, &positive, &negative, &r.settings.user_vector) else {
@@ -496,13 +533,20 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         .await
     }
 
-    async fn record_events(&self, request: Request<pb::RecordEventsRequest>) -> Result<Response<pb::RecordEventsResponse>, Status> {
+    async fn record_events(
+        &self,
+        request: Request<pb::RecordEventsRequest>,
+    ) -> Result<Response<pb::RecordEventsResponse>, Status> {
         let r = &self.router;
         let deadline = r.write_deadline(&request);
         let mut events = request.into_inner().events;
         let limits = &r.settings.limits;
         if events.len() > limits.max_batch {
-            return Err(Status::invalid_argument(format!("{} events; the limit is {} per call", events.len(), limits.max_batch)));
+            return Err(Status::invalid_argument(format!(
+                "{} events; the limit is {} per call",
+                events.len(),
+                limits.max_batch
+            )));
         }
         let now = now_ms();
         for e in &mut events {
@@ -528,14 +572,18 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         Ok(Response::new(pb::RecordEventsResponse { recorded: results.iter().map(|r| r.recorded).sum() }))
     }
 
-    async fn cluster_info(&self, request: Request<pb::ClusterInfoRequest>) -> Result<Response<pb::ClusterInfoResponse>, Status> {
+    async fn cluster_info(
+        &self,
+        request: Request<pb::ClusterInfoRequest>,
+    ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
         let r = &self.router;
         let deadline = r.read_deadline(&request);
         let infos = r.shard_infos(deadline).instrument(request_span("ClusterInfo")).await;
         let load = r.topology.load();
         let mut shards = Vec::with_capacity(infos.len());
         for (handle, info) in r.shards.all().iter().zip(infos) {
-            let mut s = info.unwrap_or(pb::ShardInfo { state: pb::ShardState::Unreachable as i32, ..Default::default() });
+            let mut s =
+                info.unwrap_or(pb::ShardInfo { state: pb::ShardState::Unreachable as i32, ..Default::default() });
             s.shard = handle.id;
             s.address = handle.address.clone();
             s.virtual_shards = load.get(handle.id as usize).copied().unwrap_or(0);

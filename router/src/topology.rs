@@ -85,10 +85,16 @@ impl Topology {
     /// from the currently most loaded shard to a new one.
     pub fn grow(&self, new_shards: u32) -> Result<Self, TopologyError> {
         if new_shards < self.shards {
-            return Err(TopologyError::TooFewVirtualShards { virtual_shards: self.virtual_shards(), shards: new_shards });
+            return Err(TopologyError::TooFewVirtualShards {
+                virtual_shards: self.virtual_shards(),
+                shards: new_shards,
+            });
         }
         if self.virtual_shards() < new_shards {
-            return Err(TopologyError::TooFewVirtualShards { virtual_shards: self.virtual_shards(), shards: new_shards });
+            return Err(TopologyError::TooFewVirtualShards {
+                virtual_shards: self.virtual_shards(),
+                shards: new_shards,
+            });
         }
         let mut next = Self { assignment: self.assignment.clone(), shards: new_shards };
         let target = self.virtual_shards() / new_shards;

@@ -240,8 +240,14 @@ impl Catalog {
         s.tombstones = dead;
         drop(s);
         self.compacting.store(false, Ordering::Release);
-        tracing::info!(live = snapshot.len(), late = late.len(), tombstones_before = before, tombstones_after = dead,
-            elapsed_ms = started.elapsed().as_millis() as u64, "index compacted");
+        tracing::info!(
+            live = snapshot.len(),
+            late = late.len(),
+            tombstones_before = before,
+            tombstones_after = dead,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "index compacted"
+        );
         true
     }
 
@@ -366,7 +372,10 @@ mod tests {
         assert!(!c.needs_compaction());
         let live: Vec<&StoredItem> = items.iter().filter(|i| !gone.contains(&i.item.id)).collect();
         assert_eq!(c.len(), live.len());
-        let found = live.iter().filter(|it| c.search(&it.vector, 1, &Constraint::default()).hits[0].item.id() == it.id()).count();
+        let found = live
+            .iter()
+            .filter(|it| c.search(&it.vector, 1, &Constraint::default()).hits[0].item.id() == it.id())
+            .count();
         assert!(found as f64 >= 0.98 * live.len() as f64, "{found}/{}", live.len());
     }
 

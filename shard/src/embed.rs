@@ -67,7 +67,8 @@ impl TextModelConfig {
 
 /// ONNX Runtime allows one environment per process, bound to the library it
 /// was loaded from; every model shares it.
-static ENVIRONMENT: parking_lot::Mutex<Option<(PathBuf, ort::environment::Environment)>> = parking_lot::Mutex::new(None);
+static ENVIRONMENT: parking_lot::Mutex<Option<(PathBuf, ort::environment::Environment)>> =
+    parking_lot::Mutex::new(None);
 
 fn environment(library: &Path) -> Result<ort::environment::Environment, String> {
     let mut slot = ENVIRONMENT.lock();
@@ -77,7 +78,8 @@ fn environment(library: &Path) -> Result<ort::environment::Environment, String> 
         }
         return Ok(env.clone());
     }
-    let env = ort::init_from(library).map_err(|e| e.to_string())?.with_name("vitrine").build().map_err(|e| e.to_string())?;
+    let env =
+        ort::init_from(library).map_err(|e| e.to_string())?.with_name("vitrine").build().map_err(|e| e.to_string())?;
     *slot = Some((library.to_path_buf(), env.clone()));
     Ok(env)
 }
@@ -189,7 +191,8 @@ impl TextEmbedder {
     }
 
     fn embed_chunk(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| EmbedError::Tokenize(e.to_string()))?;
+        let encodings =
+            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| EmbedError::Tokenize(e.to_string()))?;
         let batch = encodings.len();
         let seq = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
         let mut ids = Vec::with_capacity(batch * seq);
@@ -227,7 +230,9 @@ impl TextEmbedder {
             )));
         }
         let dim = out_shape[2] as usize;
-        Ok((0..batch).map(|b| mean_pool(&hidden[b * seq * dim..(b + 1) * seq * dim], &mask[b * seq..(b + 1) * seq], dim)).collect())
+        Ok((0..batch)
+            .map(|b| mean_pool(&hidden[b * seq * dim..(b + 1) * seq * dim], &mask[b * seq..(b + 1) * seq], dim))
+            .collect())
     }
 }
 

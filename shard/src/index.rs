@@ -58,7 +58,8 @@ const MAX_LAYERS: usize = 16;
 
 impl HnswIndex {
     pub fn new(params: &IndexParams) -> Self {
-        let graph = Hnsw::new(params.m, params.expected_points.max(1024), MAX_LAYERS, params.ef_construction, DistDot {});
+        let graph =
+            Hnsw::new(params.m, params.expected_points.max(1024), MAX_LAYERS, params.ef_construction, DistDot {});
         Self { graph }
     }
 }
@@ -70,11 +71,7 @@ impl VectorIndex for HnswIndex {
 
     fn search(&self, query: &[f32], k: usize, ef: usize, accept: &dyn Fn(PointId) -> bool) -> Vec<(PointId, f32)> {
         let filter = |id: &usize| accept(*id);
-        self.graph
-            .search_filter(query, k, ef.max(k), Some(&filter))
-            .into_iter()
-            .map(|n| (n.d_id, n.distance))
-            .collect()
+        self.graph.search_filter(query, k, ef.max(k), Some(&filter)).into_iter().map(|n| (n.d_id, n.distance)).collect()
     }
 
     fn len(&self) -> usize {
@@ -120,7 +117,11 @@ mod tests {
         for (i, v) in vs.iter().enumerate() {
             idx.insert(i, v);
         }
-        let found = vs.iter().enumerate().filter(|(i, v)| idx.search(v, 1, 64, &|_| true).first().map(|h| h.0) == Some(*i)).count();
+        let found = vs
+            .iter()
+            .enumerate()
+            .filter(|(i, v)| idx.search(v, 1, 64, &|_| true).first().map(|h| h.0) == Some(*i))
+            .count();
         assert!(found >= 1980, "self-recall {found}/2000");
     }
 

@@ -24,8 +24,8 @@ use anyhow::Context;
 use parking_lot::Mutex;
 use vitrine_proto::{pb, Limits};
 
-pub use config::ShardConfig;
 use catalog::{Catalog, CompactionPolicy};
+pub use config::ShardConfig;
 use embed::{TextEmbedder, TextModelConfig};
 use index::IndexParams;
 use service::{ShardService, ShardState};
@@ -71,7 +71,9 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     let records = replay.records.len();
     for record in replay.records {
         if let Some(wal::Op::Upsert(req)) = &record.op {
-            if let Some(bad) = req.items.iter().find(|it| it.vector.as_ref().is_some_and(|v| v.values.len() != dimension)) {
+            if let Some(bad) =
+                req.items.iter().find(|it| it.vector.as_ref().is_some_and(|v| v.values.len() != dimension))
+            {
                 anyhow::bail!(
                     "{}: item {:?} has a {}-dimensional vector but the model gives {dimension}; \
                      the log was written with another model",
@@ -84,8 +86,15 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         state.apply(record);
     }
     state.catalog.maybe_compact_in_background();
-    tracing::info!(shard = config.shard_id, records, items = state.catalog.len(), users = state.profiles.len(),
-        torn_bytes = replay.torn_bytes, elapsed_ms = started.elapsed().as_millis() as u64, "shard recovered");
+    tracing::info!(
+        shard = config.shard_id,
+        records,
+        items = state.catalog.len(),
+        users = state.profiles.len(),
+        torn_bytes = replay.torn_bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "shard recovered"
+    );
     Ok(state)
 }
 

@@ -115,8 +115,12 @@ impl ShardService {
 
 #[tonic::async_trait]
 impl pb::shard_server::Shard for ShardService {
-    async fn upsert(&self, request: Request<pb::ShardUpsertRequest>) -> Result<Response<pb::UpsertItemsResponse>, Status> {
-        let span = tracing::info_span!("shard.upsert", shard = self.state.shard_id, items = request.get_ref().items.len());
+    async fn upsert(
+        &self,
+        request: Request<pb::ShardUpsertRequest>,
+    ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
+        let span =
+            tracing::info_span!("shard.upsert", shard = self.state.shard_id, items = request.get_ref().items.len());
         async move {
             let mut items = request.into_inner().items;
             let dim = self.state.catalog.dimension();
@@ -146,7 +150,10 @@ impl pb::shard_server::Shard for ShardService {
         .await
     }
 
-    async fn delete(&self, request: Request<pb::DeleteItemsRequest>) -> Result<Response<pb::DeleteItemsResponse>, Status> {
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteItemsRequest>,
+    ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
         let span = tracing::info_span!("shard.delete", shard = self.state.shard_id);
         async move {
             let req = request.into_inner();
@@ -181,7 +188,10 @@ impl pb::shard_server::Shard for ShardService {
         Ok(Response::new(out))
     }
 
-    async fn search(&self, request: Request<pb::ShardSearchRequest>) -> Result<Response<pb::ShardSearchResponse>, Status> {
+    async fn search(
+        &self,
+        request: Request<pb::ShardSearchRequest>,
+    ) -> Result<Response<pb::ShardSearchResponse>, Status> {
         let span = tracing::info_span!("shard.search", shard = self.state.shard_id, k = request.get_ref().k);
         async move {
             let req = request.into_inner();
@@ -238,11 +248,16 @@ impl pb::shard_server::Shard for ShardService {
                         )));
                     }
                     let v = self.embed_texts(vec![text]).await?.pop().unwrap_or_default();
-                    Ok(Response::new(pb::EmbedResponse { vector: Some(pb::Vector { values: v }), model: self.state.model_name() }))
+                    Ok(Response::new(pb::EmbedResponse {
+                        vector: Some(pb::Vector { values: v }),
+                        model: self.state.model_name(),
+                    }))
                 }
                 Some(pb::embed_request::Input::Image(bytes)) => {
                     validate::image("query image", &bytes, &self.state.limits)?;
-                    Err(Status::failed_precondition("this cluster has no image model configured; search by text or vector"))
+                    Err(Status::failed_precondition(
+                        "this cluster has no image model configured; search by text or vector",
+                    ))
                 }
                 None => Err(Status::invalid_argument("embed needs text or an image")),
             }
@@ -259,8 +274,15 @@ impl pb::shard_server::Shard for ShardService {
         Ok(Response::new(pb::Profile { user_id, events }))
     }
 
-    async fn append_events(&self, request: Request<pb::RecordEventsRequest>) -> Result<Response<pb::RecordEventsResponse>, Status> {
-        let span = tracing::info_span!("shard.append_events", shard = self.state.shard_id, events = request.get_ref().events.len());
+    async fn append_events(
+        &self,
+        request: Request<pb::RecordEventsRequest>,
+    ) -> Result<Response<pb::RecordEventsResponse>, Status> {
+        let span = tracing::info_span!(
+            "shard.append_events",
+            shard = self.state.shard_id,
+            events = request.get_ref().events.len()
+        );
         async move {
             let req = request.into_inner();
             if req.events.len() > self.state.limits.max_batch {

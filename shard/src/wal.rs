@@ -55,7 +55,9 @@ pub enum FsyncPolicy {
 pub enum WalError {
     #[error("WAL {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("WAL {path} is corrupt at byte {offset}: {reason}; start with --repair-wal to drop it and every later record")]
+    #[error(
+        "WAL {path} is corrupt at byte {offset}: {reason}; start with --repair-wal to drop it and every later record"
+    )]
     Corrupt { path: PathBuf, offset: u64, reason: String },
 }
 

@@ -22,7 +22,8 @@ fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("VITRINE_BIN_DIR") {
         return PathBuf::from(d);
     }
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
     target.join("debug")
 }
 
@@ -62,7 +63,9 @@ impl Proc {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {} ({}): {e}; run `cargo build --workspace --bins`", self.name, self.bin.display()));
+            .unwrap_or_else(|e| {
+                panic!("starting {} ({}): {e}; run `cargo build --workspace --bins`", self.name, self.bin.display())
+            });
         self.child = Some(child);
     }
 
@@ -156,7 +159,13 @@ impl Cluster {
             args.push(a.clone());
         }
         args.extend(opts.router_args.iter().cloned());
-        let mut router = Proc { name: "router".into(), bin: bins.join("vitrine-router"), args, log: dir.path().join("router.log"), child: None };
+        let mut router = Proc {
+            name: "router".into(),
+            bin: bins.join("vitrine-router"),
+            args,
+            log: dir.path().join("router.log"),
+            child: None,
+        };
         router.start();
         let mut c = Self { shards, router, router_addr, _dir: dir };
         c.wait_serving(opts.shards as u32);
@@ -252,7 +261,9 @@ pub async fn connect(url: &str) -> anyhow::Result<VitrineClient<Channel>> {
 
 /// Where the shared data sets are (`../shared/data` from the repository).
 pub fn shared_data() -> Option<PathBuf> {
-    let p = std::env::var("VITRINE_SHARED_DATA").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("../shared/data"));
+    let p = std::env::var("VITRINE_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("../shared/data"));
     p.is_dir().then_some(p)
 }
 
@@ -272,7 +283,7 @@ pub fn products(n: usize) -> Vec<pb::Item> {
 
 fn derived(id: u64) -> (f64, bool) {
     let price = 5.0 + ((id.wrapping_mul(2654435761) >> 7) % 19_500) as f64 / 100.0;
-    (price, id % 7 != 0)
+    (price, !id.is_multiple_of(7))
 }
 
 fn fashion(path: &Path, n: usize) -> Vec<pb::Item> {
@@ -315,7 +326,8 @@ fn fashion(path: &Path, n: usize) -> Vec<pb::Item> {
 }
 
 fn generated(n: usize) -> Vec<pb::Item> {
-    let brands = ["Northpeak", "Aurelle", "Stridewell", "Emberstone", "Quillwave", "Trailhound", "Marisol", "Indigo Forge"];
+    let brands =
+        ["Northpeak", "Aurelle", "Stridewell", "Emberstone", "Quillwave", "Trailhound", "Marisol", "Indigo Forge"];
     let kinds = [
         ("running shoe", "shoes"),
         ("hiking boot", "shoes"),
@@ -329,7 +341,8 @@ fn generated(n: usize) -> Vec<pb::Item> {
         ("desk lamp", "home"),
     ];
     let colours = ["black", "navy", "olive", "red", "white", "grey", "tan", "pink", "teal", "mustard"];
-    let fits = ["slim", "relaxed", "classic", "lightweight", "insulated", "waterproof", "vintage", "sport", "travel", "kids"];
+    let fits =
+        ["slim", "relaxed", "classic", "lightweight", "insulated", "waterproof", "vintage", "sport", "travel", "kids"];
     let mut out = Vec::with_capacity(n);
     'outer: for (bi, b) in brands.iter().enumerate() {
         for (ki, (k, cat)) in kinds.iter().enumerate() {
@@ -364,7 +377,8 @@ fn generated(n: usize) -> Vec<pb::Item> {
 pub async fn load(client: &mut VitrineClient<Channel>, items: &[pb::Item]) -> pb::UpsertItemsResponse {
     let mut total = pb::UpsertItemsResponse::default();
     for chunk in items.chunks(250) {
-        let r = client.upsert_items(pb::UpsertItemsRequest { items: chunk.to_vec() }).await.expect("upsert").into_inner();
+        let r =
+            client.upsert_items(pb::UpsertItemsRequest { items: chunk.to_vec() }).await.expect("upsert").into_inner();
         total.upserted += r.upserted;
         total.embedded += r.embedded;
     }

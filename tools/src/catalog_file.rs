@@ -38,7 +38,9 @@ pub struct Record {
 impl Record {
     pub fn into_item(self, base: Option<&Path>) -> anyhow::Result<pb::Item> {
         let image = match (&self.image_path, base) {
-            (Some(p), Some(base)) => std::fs::read(base.join(p)).with_context(|| format!("item {}: reading image {p}", self.id))?,
+            (Some(p), Some(base)) => {
+                std::fs::read(base.join(p)).with_context(|| format!("item {}: reading image {p}", self.id))?
+            }
             (Some(p), None) => std::fs::read(p).with_context(|| format!("item {}: reading image {p}", self.id))?,
             (None, _) => Vec::new(),
         };

@@ -42,7 +42,12 @@ pub async fn show(client: &mut VitrineClient<Channel>) -> anyhow::Result<()> {
     let query = "waterproof boots for hiking in the rain";
     title(&format!("Search: \"{query}\""));
     let r = client
-        .search(pb::SearchRequest { query: Some(pb::search_request::Query::Text(query.into())), k: 5, with_items: true, ..Default::default() })
+        .search(pb::SearchRequest {
+            query: Some(pb::search_request::Query::Text(query.into())),
+            k: 5,
+            with_items: true,
+            ..Default::default()
+        })
         .await?;
     println!("{}", hits_table(r.get_ref()));
 
@@ -63,25 +68,36 @@ pub async fn show(client: &mut VitrineClient<Channel>) -> anyhow::Result<()> {
     let a = client.get_items(pb::GetItemsRequest { ids: vec![anchor.into()], with_vectors: false }).await?.into_inner();
     let name = a.items.first().map(|i| i.title.clone()).context("demo item missing")?;
     title(&format!("SimilarItems to {anchor} \"{name}\""));
-    let r = client.similar_items(pb::SimilarItemsRequest { id: anchor.into(), k: 5, with_items: true, ..Default::default() }).await?;
+    let r = client
+        .similar_items(pb::SimilarItemsRequest { id: anchor.into(), k: 5, with_items: true, ..Default::default() })
+        .await?;
     println!("{}", hits_table(r.get_ref()));
 
     let user = "demo-shopper";
-    let history = [("demo-0025", pb::EventType::View), ("demo-0028", pb::EventType::View), ("demo-0159", pb::EventType::AddToCart)];
+    let history = [
+        ("demo-0025", pb::EventType::View),
+        ("demo-0028", pb::EventType::View),
+        ("demo-0159", pb::EventType::AddToCart),
+    ];
     let events = history
         .iter()
         .map(|(id, t)| pb::Event { user_id: user.into(), item_id: (*id).into(), r#type: *t as i32, timestamp_ms: 0 })
         .collect();
     client.record_events(pb::RecordEventsRequest { events }).await?;
     let names = client
-        .get_items(pb::GetItemsRequest { ids: history.iter().map(|(id, _)| (*id).to_string()).collect(), with_vectors: false })
+        .get_items(pb::GetItemsRequest {
+            ids: history.iter().map(|(id, _)| (*id).to_string()).collect(),
+            with_vectors: false,
+        })
         .await?
         .into_inner();
     title(&format!("Recommend for user \"{user}\" who looked at:"));
     for it in &names.items {
         println!("   - {} {}", it.id, it.title);
     }
-    let r = client.recommend(pb::RecommendRequest { user_id: user.into(), k: 5, with_items: true, ..Default::default() }).await?;
+    let r = client
+        .recommend(pb::RecommendRequest { user_id: user.into(), k: 5, with_items: true, ..Default::default() })
+        .await?;
     println!("{}", hits_table(r.get_ref()));
     Ok(())
 }

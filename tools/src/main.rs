@@ -170,7 +170,11 @@ pub async fn connect(addr: &str) -> anyhow::Result<VitrineClient<Channel>> {
 }
 
 /// Streams items to the router in batches.
-pub async fn upload(client: &mut VitrineClient<Channel>, items: Vec<pb::Item>, batch: usize) -> anyhow::Result<pb::UpsertItemsResponse> {
+pub async fn upload(
+    client: &mut VitrineClient<Channel>,
+    items: Vec<pb::Item>,
+    batch: usize,
+) -> anyhow::Result<pb::UpsertItemsResponse> {
     let mut batches = Vec::new();
     let mut it = items.into_iter().peekable();
     while it.peek().is_some() {
@@ -191,7 +195,10 @@ fn print_hits(json: bool, r: &pb::SearchResponse) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     match cli.command {
         Cmd::Cluster { shards, port, data_dir, model_dir, ort_lib, no_demo, exit_after_demo } => {
             let bin_dir = std::env::current_exe()?.parent().context("binary has no directory")?.to_path_buf();
@@ -216,7 +223,10 @@ async fn main() -> anyhow::Result<()> {
                 cluster.stop().await;
                 return Ok(());
             }
-            println!("\nVitrine is up: gRPC router at {} (service vitrine.v1.Vitrine, reflection enabled).", cluster.router_addr);
+            println!(
+                "\nVitrine is up: gRPC router at {} (service vitrine.v1.Vitrine, reflection enabled).",
+                cluster.router_addr
+            );
             println!("Try:  target/release/vitrine search \"linen summer dress\" --max-price 80");
             println!("      target/release/vitrine recommend --history demo-0228,demo-0232");
             println!("Press Ctrl-C to stop.");
@@ -231,18 +241,30 @@ async fn main() -> anyhow::Result<()> {
             let started = std::time::Instant::now();
             let r = upload(&mut client, items, batch).await?;
             let secs = started.elapsed().as_secs_f64();
-            println!("loaded {} of {n} items ({} embedded) in {secs:.1} s ({:.0} items/s)", r.upserted, r.embedded, r.upserted as f64 / secs);
+            println!(
+                "loaded {} of {n} items ({} embedded) in {secs:.1} s ({:.0} items/s)",
+                r.upserted,
+                r.embedded,
+                r.upserted as f64 / secs
+            );
         }
         Cmd::Search { text, k, filter } => {
             let mut client = connect(&cli.addr).await?;
             let r = client
-                .search(pb::SearchRequest { query: Some(pb::search_request::Query::Text(text)), k, filter: filter.to_filter(), with_items: true })
+                .search(pb::SearchRequest {
+                    query: Some(pb::search_request::Query::Text(text)),
+                    k,
+                    filter: filter.to_filter(),
+                    with_items: true,
+                })
                 .await?;
             print_hits(cli.json, r.get_ref());
         }
         Cmd::Similar { id, k, filter } => {
             let mut client = connect(&cli.addr).await?;
-            let r = client.similar_items(pb::SimilarItemsRequest { id, k, filter: filter.to_filter(), with_items: true }).await?;
+            let r = client
+                .similar_items(pb::SimilarItemsRequest { id, k, filter: filter.to_filter(), with_items: true })
+                .await?;
             print_hits(cli.json, r.get_ref());
         }
         Cmd::Recommend { user, history, positive, negative, k, filter } => {
@@ -270,7 +292,9 @@ async fn main() -> anyhow::Result<()> {
             };
             let mut client = connect(&cli.addr).await?;
             let r = client
-                .record_events(pb::RecordEventsRequest { events: vec![pb::Event { user_id: user, item_id: item, r#type: t as i32, timestamp_ms: 0 }] })
+                .record_events(pb::RecordEventsRequest {
+                    events: vec![pb::Event { user_id: user, item_id: item, r#type: t as i32, timestamp_ms: 0 }],
+                })
                 .await?;
             println!("recorded {}", r.get_ref().recorded);
         }
@@ -285,7 +309,12 @@ async fn main() -> anyhow::Result<()> {
                         "tombstones": s.tombstones, "users": s.users, "model": s.model, "execution_provider": s.execution_provider,
                         "virtual_shards": s.virtual_shards}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"shards": shards, "virtual_shards": r.virtual_shards, "dimension": r.dimension}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"shards": shards, "virtual_shards": r.virtual_shards, "dimension": r.dimension})
+                    )?
+                );
             } else {
                 println!("{}", output::info_table(&r));
             }

@@ -55,7 +55,9 @@ pub fn info_table(r: &pb::ClusterInfoResponse) -> String {
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(["shard", "address", "state", "items", "tombstones", "users", "vshards", "model", "provider"]);
     for s in &r.shards {
-        let state = pb::ShardState::try_from(s.state).map(|s| s.as_str_name().trim_start_matches("SHARD_STATE_").to_string()).unwrap_or_default();
+        let state = pb::ShardState::try_from(s.state)
+            .map(|s| s.as_str_name().trim_start_matches("SHARD_STATE_").to_string())
+            .unwrap_or_default();
         t.add_row(vec![
             s.shard.to_string(),
             s.address.clone(),
