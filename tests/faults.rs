@@ -112,11 +112,16 @@ async fn dead_and_slow_shards_degrade_reads_and_recover() {
 
     // A frozen shard (accepts, never answers): the client's deadline is
     // propagated and the answer arrives on time, degraded.
+    // Three text searches, so that the frozen shard is first in the router's
+    // embedding rotation at least once (the hedged request must cover it).
     cluster.freeze_shard(0);
-    let mut req = Request::new(text_query("black leather shoes", 10));
-    req.set_timeout(Duration::from_millis(400));
-    let r = c.search(req).await.expect("partial answer within the deadline").into_inner();
-    assert_eq!(coverage(&r), (3, 2, true));
+    for _ in 0..3 {
+        let mut req = Request::new(text_query("black leather shoes", 10));
+        req.set_timeout(Duration::from_millis(400));
+        let r = c.search(req).await.expect("partial answer within the deadline").into_inner();
+        assert_eq!(coverage(&r), (3, 2, true));
+        assert!(r.hits.iter().all(|h| h.shard != 0));
+    }
     cluster.thaw_shard(0);
     let r = c.search(text_query("black leather shoes", 10)).await.unwrap().into_inner();
     assert_eq!(coverage(&r), (3, 3, false));

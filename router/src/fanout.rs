@@ -171,34 +171,59 @@ impl Shards {
         Ok((merge_top_k(lists, k), gathered.coverage))
     }
 
-    /// Embeds a query on one shard (round-robin, falling through to the next
-    /// on failure): the router fans out the resulting vector, so a query is
-    /// embedded once per request, not once per shard.
+    /// Embeds a query on one shard, so a query is embedded once per request,
+    /// not once per shard. Shards are tried round-robin; if the first has not
+    /// answered after a quarter of the budget (at most 100 ms), the next one
+    /// is asked too (a hedged request) and the first answer wins, so one
+    /// frozen shard cannot eat the whole deadline before the fan-out starts.
     pub async fn embed(&self, deadline: Deadline, input: pb::embed_request::Input) -> Result<Vec<f32>, Status> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let n = self.len();
+        if n == 0 {
+            return Err(Status::unavailable("no shards configured"));
+        }
         let start = self.next_embedder.fetch_add(1, Ordering::Relaxed);
-        let mut last = Status::unavailable("no shards configured");
-        for i in 0..self.len() {
-            let shard = ((start + i) % self.len()) as u32;
+        let order: Vec<u32> = (0..n).map(|i| ((start + i) % n) as u32).collect();
+        let hedge_after = (deadline.remaining() / 4).min(Duration::from_millis(100));
+        let launch = |shard: u32| {
             let req = pb::EmbedRequest { input: Some(input.clone()) };
-            let result = self
-                .call(shard, deadline, |mut c, budget| {
-                    let mut r = Request::new(req);
-                    r.set_timeout(budget);
-                    async move { c.embed(r).await }
-                })
-                .await;
-            match result {
-                Ok(resp) => {
-                    return resp.vector.map(|v| v.values).ok_or_else(|| Status::internal("shard returned no vector"))
+            self.call(shard, deadline, move |mut c, budget| {
+                let mut r = Request::new(req);
+                r.set_timeout(budget);
+                async move { c.embed(r).await }
+            })
+        };
+        let mut in_flight = FuturesUnordered::new();
+        in_flight.push(launch(order[0]));
+        let mut next = 1;
+        let mut last: Option<Status> = None;
+        loop {
+            let hedge = tokio::time::sleep(hedge_after);
+            tokio::select! {
+                Some(result) = in_flight.next() => match result {
+                    Ok(resp) => {
+                        return resp.vector.map(|v| v.values).ok_or_else(|| Status::internal("shard returned no vector"))
+                    }
+                    Err(s) if is_client_error(s.code()) => return Err(s),
+                    Err(s) => {
+                        last = Some(s);
+                        if next < n {
+                            in_flight.push(launch(order[next]));
+                            next += 1;
+                        } else if in_flight.is_empty() {
+                            break;
+                        }
+                    }
+                },
+                _ = hedge, if next < n => {
+                    in_flight.push(launch(order[next]));
+                    next += 1;
                 }
-                Err(s) if is_client_error(s.code()) => return Err(s),
-                Err(s) => last = s,
-            }
-            if deadline.remaining().is_zero() {
-                break;
+                else => break,
             }
         }
-        Err(Status::unavailable(format!("no shard could embed the query: {}", last.message())))
+        let why = last.map_or_else(|| "no answer".to_string(), |s| s.message().to_string());
+        Err(Status::unavailable(format!("no shard could embed the query: {why}")))
     }
 }
 

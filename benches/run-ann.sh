@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# ANN benchmark: Vitrine's shard index (hnsw_rs behind VectorIndex) against
+# hnswlib, in one run, on the same real vectors (MiniLM embeddings of product
+# titles from ../shared/data), the same M / ef_construction / ef grid, one
+# thread each, ground truth by brute force. Prints a table with QPS ratios.
+# Usage: bash benches/run-ann.sh [M] [EF_CONSTRUCTION]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+M="${1:-16}"
+EFC="${2:-200}"
+data="${VITRINE_SHARED_DATA:-$root/../shared/data}"
+[[ -d "$data" ]] || { echo "skipping: $data not found (the benchmark needs the real titles)"; exit 0; }
+
+bash scripts/fetch-models.sh
+venv="$root/.cache/bench-venv"
+[[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check numpy==2.3.5 hnswlib==0.8.0
+cargo build --release --locked -p vitrine-benches --bin vitrine-annbench
+
+dir="$root/.cache/bench/titles-minilm"
+if [[ ! -f "$dir/meta.json" ]]; then
+  titles="$(mktemp)"
+  tail -n +2 "$data/fashion-products/catalog-text-full.tsv" | cut -f2 >"$titles"
+  tail -n +2 "$data/amazon-beauty/items.tsv" | cut -f3 >>"$titles"
+  target/release/vitrine-annbench embed --titles "$titles" --out "$dir"
+  rm -f "$titles"
+fi
+
+out="$(mktemp)"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+target/release/vitrine-annbench search --dir "$dir" --m "$M" --ef-construction "$EFC" | tee -a "$out"
+"$venv/bin/python" benches/peers/hnswlib_bench.py --dir "$dir" --m "$M" --ef-construction "$EFC" | tee -a "$out"
+python3 - "$out" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+v = {r["ef"]: r for r in rows if r["engine"].startswith("vitrine")}
+h = {r["ef"]: r for r in rows if r["engine"] == "hnswlib"}
+print(f"\nn={rows[0]['n']} M={rows[0]['m']} efC={rows[0]['ef_construction']}; build: vitrine {next(iter(v.values()))['build_s']} s, hnswlib {next(iter(h.values()))['build_s']} s")
+print("| ef | vitrine recall@10 | vitrine QPS | hnswlib recall@10 | hnswlib QPS | QPS ratio (vitrine/hnswlib) |")
+print("|---|---|---|---|---|---|")
+for ef in sorted(v):
+    a, b = v[ef], h.get(ef)
+    if b:
+        print(f"| {ef} | {a['recall']:.3f} | {a['qps']} | {b['recall']:.3f} | {b['qps']} | {a['qps']/b['qps']:.2f} |")
+PY
