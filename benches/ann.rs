@@ -49,6 +49,10 @@ enum Cmd {
         ef_construction: usize,
         #[arg(long, value_delimiter = ',', default_value = "10,16,32,64,128,256")]
         ef: Vec<usize>,
+        /// Search through the filtered path with an accept-all predicate
+        /// (what a shard with tombstones or a filter does).
+        #[arg(long)]
+        filtered: bool,
     },
 }
 
@@ -118,7 +122,7 @@ fn main() -> anyhow::Result<()> {
             )?;
             eprintln!("wrote {} base and {} query vectors to {}", base.len(), qs.len(), out.display());
         }
-        Cmd::Search { dir, m, ef_construction, ef } => {
+        Cmd::Search { dir, m, ef_construction, ef, filtered } => {
             let meta = std::fs::read_to_string(dir.join("meta.json"))?;
             let dim: usize = meta
                 .split("\"dim\":")
@@ -142,13 +146,14 @@ fn main() -> anyhow::Result<()> {
                 let started = Instant::now();
                 let mut found = 0usize;
                 for (qi, q) in queries.iter().enumerate() {
-                    let hits = index.search(q, 10, ef, &|_| true);
+                    let hits = index.search(q, 10, ef, if filtered { Some(&|_| true) } else { None });
                     let truth = &gt[qi * 10..qi * 10 + 10];
                     found += hits.iter().filter(|(id, _)| truth.contains(&(*id as u32))).count();
                 }
                 let secs = started.elapsed().as_secs_f64();
                 println!(
-                    "{{\"engine\": \"vitrine (hnsw_rs)\", \"n\": {}, \"m\": {m}, \"ef_construction\": {ef_construction}, \"ef\": {ef}, \"recall\": {:.4}, \"qps\": {:.0}, \"build_s\": {build_s:.2}}}",
+                    "{{\"engine\": \"vitrine (hnsw_rs{})\", \"n\": {}, \"m\": {m}, \"ef_construction\": {ef_construction}, \"ef\": {ef}, \"recall\": {:.4}, \"qps\": {:.0}, \"build_s\": {build_s:.2}}}",
+                    if filtered { ", filtered path" } else { "" },
                     base.len(),
                     found as f64 / (queries.len() * 10) as f64,
                     queries.len() as f64 / secs

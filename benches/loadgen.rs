@@ -45,10 +45,27 @@ struct Args {
     rate: u64,
     #[arg(long, default_value_t = 10)]
     k: u32,
-    /// Before measuring, upsert this many items with random vectors (ids
-    /// `lg-<n>`); needed for `recommend`.
+    /// Before measuring, upsert this many items (ids `lg-<n>`), with vectors
+    /// from `--seed-from` or random ones.
     #[arg(long, default_value_t = 0)]
     seed_items: usize,
+    /// Raw little-endian f32 vectors of the cluster's dimension to seed with
+    /// (e.g. `base.f32` written by `vitrine-annbench embed`: real embeddings).
+    #[arg(long)]
+    seed_from: Option<std::path::PathBuf>,
+    /// Raw f32 query vectors for `search-vector` (random unit vectors if unset).
+    #[arg(long)]
+    queries: Option<std::path::PathBuf>,
+    /// Items `lg-0..N` that exist, for `recommend` histories (default: --seed-items).
+    #[arg(long)]
+    items: Option<usize>,
+}
+
+fn read_vectors(path: &std::path::Path, dim: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let all: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    anyhow::ensure!(all.len() % dim == 0, "{} does not hold {dim}-dimensional vectors", path.display());
+    Ok(all.chunks_exact(dim).map(<[f32]>::to_vec).collect())
 }
 
 const PHRASES: &[&str] = &[
@@ -84,13 +101,19 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(dim > 0, "cluster reports no dimension");
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     if args.seed_items > 0 {
+        let source = args.seed_from.as_deref().map(|p| read_vectors(p, dim)).transpose()?;
+        if let Some(src) = &source {
+            anyhow::ensure!(src.len() >= args.seed_items, "only {} vectors in --seed-from", src.len());
+        }
         let started = Instant::now();
         for chunk in (0..args.seed_items).collect::<Vec<_>>().chunks(1000) {
             let items = chunk
                 .iter()
-                .map(|i| pb::Item {
+                .map(|&i| pb::Item {
                     id: format!("lg-{i}"),
-                    vector: Some(pb::Vector { values: unit(&mut rng, dim) }),
+                    vector: Some(pb::Vector {
+                        values: source.as_ref().map_or_else(|| unit(&mut rng, dim), |s| s[i].clone()),
+                    }),
                     ..Default::default()
                 })
                 .collect();
@@ -98,6 +121,8 @@ async fn main() -> anyhow::Result<()> {
         }
         eprintln!("seeded {} items in {:.1} s", args.seed_items, started.elapsed().as_secs_f64());
     }
+    let queries = Arc::new(args.queries.as_deref().map(|p| read_vectors(p, dim)).transpose()?.unwrap_or_default());
+    let known_items = args.items.unwrap_or(args.seed_items);
     let total_items = info.shards.iter().map(|s| s.items).sum::<u64>() as usize + args.seed_items;
 
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
@@ -112,7 +137,8 @@ async fn main() -> anyhow::Result<()> {
         let errors = Arc::clone(&errors);
         let mode = args.mode;
         let k = args.k;
-        let seeded = args.seed_items;
+        let seeded = known_items;
+        let queries = Arc::clone(&queries);
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
@@ -126,7 +152,13 @@ async fn main() -> anyhow::Result<()> {
                 let ok = match mode {
                     Mode::SearchVector => client
                         .search(pb::SearchRequest {
-                            query: Some(pb::search_request::Query::Vector(pb::Vector { values: unit(&mut rng, dim) })),
+                            query: Some(pb::search_request::Query::Vector(pb::Vector {
+                                values: if queries.is_empty() {
+                                    unit(&mut rng, dim)
+                                } else {
+                                    queries[rng.random_range(0..queries.len())].clone()
+                                },
+                            })),
                             k,
                             ..Default::default()
                         })

@@ -170,11 +170,23 @@ impl Catalog {
     /// ties broken by id.
     pub fn search(&self, query: &[f32], k: usize, constraint: &Constraint<'_>) -> SearchOutcome {
         let s = self.state.read();
+        if constraint.filter.is_some() && estimated_matches(&s.points, constraint) <= EXACT_SCAN_MAX {
+            // Few items pass the filter: scoring them all is both exact and
+            // cheaper than a graph walk that must skip past the rest.
+            let mut hits = exact_scan(&s.points, query, constraint);
+            drop(s);
+            sort_hits(&mut hits);
+            hits.truncate(k);
+            return SearchOutcome { hits, exact: true };
+        }
         let accept = |pid: PointId| s.points.get(&pid).is_some_and(|it| constraint.accepts(it));
         let ef = self.params.ef_search.max(k);
+        // Without tombstones or constraints every point is acceptable, and
+        // the graph's unfiltered search is cheaper.
+        let unconstrained = s.tombstones == 0 && constraint.filter.is_none() && constraint.exclude.is_empty();
         let mut hits: Vec<Hit> = s
             .index
-            .search(query, k, ef, &accept)
+            .search(query, k, ef, if unconstrained { None } else { Some(&accept) })
             .into_iter()
             .filter_map(|(pid, _)| s.points.get(&pid))
             // Re-check: the graph's filter is only a hint.
@@ -188,12 +200,7 @@ impl Catalog {
             // acceptable item exactly: correct, and cheap precisely when the
             // accepted set is small.
             exact = true;
-            hits = s
-                .points
-                .values()
-                .filter(|it| constraint.accepts(it))
-                .map(|it| Hit { score: dot(query, &it.vector), item: Arc::clone(it) })
-                .collect();
+            hits = exact_scan(&s.points, query, constraint);
         }
         drop(s);
         sort_hits(&mut hits);
@@ -264,6 +271,37 @@ impl Catalog {
                 .ok();
         }
     }
+}
+
+/// A filter expected to pass at most this many items is answered by an exact
+/// scan instead of the graph. At 384 dimensions scoring 4,096 vectors costs
+/// about as much as one filtered graph walk on a selective filter, while the
+/// graph's cost grows as the filter gets more selective (it must walk past
+/// every rejected neighbour). Measured in docs/PERFORMANCE.md.
+const EXACT_SCAN_MAX: usize = 4096;
+
+/// Points sampled to estimate a filter's selectivity.
+const SELECTIVITY_SAMPLE: usize = 256;
+
+/// Estimated number of live items a constraint accepts, from a sample of
+/// the map (whose iteration order is unrelated to the attributes).
+fn estimated_matches(points: &HashMap<PointId, Arc<StoredItem>>, constraint: &Constraint<'_>) -> usize {
+    let n = points.len();
+    if n <= EXACT_SCAN_MAX {
+        return n;
+    }
+    let sampled = SELECTIVITY_SAMPLE.min(n);
+    let accepted = points.values().take(sampled).filter(|it| constraint.accepts(it)).count();
+    // One accepted item in the sample stands for n / sampled items.
+    (accepted * n).div_ceil(sampled)
+}
+
+fn exact_scan(points: &HashMap<PointId, Arc<StoredItem>>, query: &[f32], constraint: &Constraint<'_>) -> Vec<Hit> {
+    points
+        .values()
+        .filter(|it| constraint.accepts(it))
+        .map(|it| Hit { score: dot(query, &it.vector), item: Arc::clone(it) })
+        .collect()
 }
 
 /// Best first; equal scores ordered by id so results are deterministic.
@@ -349,6 +387,22 @@ mod tests {
             // The best accepted item is found whichever path ran.
             assert_eq!(out.hits[0].item.id(), want[0].1);
         }
+    }
+
+    #[test]
+    fn broad_filters_use_the_graph_and_still_hold() {
+        let (c, items) = catalog(6000, CompactionPolicy::default());
+        let f = Filter::from_proto(&build::matches("category", &["common"])).unwrap();
+        let cons = Constraint { filter: Some(&f), exclude: HashSet::new() };
+        let mut graph_answers = 0;
+        for it in items.iter().filter(|i| i.item.attributes.as_ref().unwrap().category == "common").step_by(97) {
+            let out = c.search(&it.vector, 10, &cons);
+            graph_answers += usize::from(!out.exact);
+            assert_eq!(out.hits.len(), 10);
+            assert!(out.hits.iter().all(|h| h.item.item.attributes.as_ref().unwrap().category == "common"));
+            assert_eq!(out.hits[0].item.id(), it.id(), "an item is its own nearest neighbour");
+        }
+        assert!(graph_answers > 0, "a filter passing 90% of 6,000 items should take the graph path");
     }
 
     #[test]

@@ -49,6 +49,13 @@ fn tail(path: &Path, lines: usize) -> String {
 
 impl LocalCluster {
     pub async fn start(o: &ClusterOptions) -> anyhow::Result<Self> {
+        // A cluster already running on these ports would answer our readiness
+        // probe while our own processes die on bind: refuse up front.
+        for port in std::iter::once(o.port).chain((0..o.shards).map(|i| (o.port as u32 + 10 + i) as u16)) {
+            std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+                format!("port {port} is in use (another cluster running?); choose another with --port")
+            })?;
+        }
         let logs = o.data_dir.join("logs");
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
         let mut children = Vec::new();
@@ -103,6 +110,18 @@ impl LocalCluster {
                 bail!("cluster not ready after {} s; logs are in the data directory", limit.as_secs());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until a process exits on its own; returns its name and status.
+    pub async fn wait_any_exit(&mut self) -> String {
+        loop {
+            for (name, child, log) in &mut self.children {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return format!("{name} exited ({status}); last log lines:\n{}", tail(log, 10));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 

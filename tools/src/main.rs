@@ -230,7 +230,15 @@ async fn main() -> anyhow::Result<()> {
             println!("Try:  target/release/vitrine search \"linen summer dress\" --max-price 80");
             println!("      target/release/vitrine recommend --history demo-0228,demo-0232");
             println!("Press Ctrl-C to stop.");
-            let _ = tokio::signal::ctrl_c().await;
+            let mut cluster = cluster;
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+                _ = hup.recv() => {}
+                msg = cluster.wait_any_exit() => eprintln!("{msg}\nstopping the rest of the cluster"),
+            }
             println!("stopping ...");
             cluster.stop().await;
         }
