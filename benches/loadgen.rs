@@ -64,7 +64,7 @@ struct Args {
 fn read_vectors(path: &std::path::Path, dim: usize) -> anyhow::Result<Vec<Vec<f32>>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let all: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    anyhow::ensure!(all.len() % dim == 0, "{} does not hold {dim}-dimensional vectors", path.display());
+    anyhow::ensure!(all.len().is_multiple_of(dim), "{} does not hold {dim}-dimensional vectors", path.display());
     Ok(all.chunks_exact(dim).map(<[f32]>::to_vec).collect())
 }
 
