@@ -34,6 +34,17 @@ use wal::Wal;
 /// Loads the model, replays the log and returns the shard's state.
 pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     let started = Instant::now();
+    // hnsw_rs calls process::exit on M > 256; refuse such settings here instead.
+    anyhow::ensure!((2..=256).contains(&config.hnsw_m), "--hnsw-m must be 2..=256, got {}", config.hnsw_m);
+    anyhow::ensure!(
+        config.hnsw_ef_construction >= 1 && config.hnsw_ef_search >= 1,
+        "HNSW ef values must be at least 1"
+    );
+    anyhow::ensure!(
+        config.compact_ratio.is_finite() && config.compact_ratio > 0.0,
+        "--compact-ratio must be a positive number, got {}",
+        config.compact_ratio
+    );
     let embedder = if config.no_model {
         None
     } else {
