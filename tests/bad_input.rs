@@ -183,7 +183,7 @@ async fn oversized_messages_are_refused(ctx: &Ctx) -> Result<()> {
     let mut it = item("huge", "A huge item");
     it.image = vec![0u8; 17 << 20];
     let r = c.upsert_items(upsert(vec![it])).await;
-    expect(r, Code::OutOfRange, "message length too large")?;
+    expect(r, Code::ResourceExhausted, "message length too large")?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod fanout;
 pub mod merge;
 pub mod recommend;
 pub mod service;
+pub mod status;
 pub mod topk;
 pub mod topology;
 
@@ -60,6 +61,7 @@ pub async fn serve(
         .max_encoding_message_size(max);
     tracing::info!(listen = %config.listen, shards = config.shards.len(), "router serving");
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(status::oversize_is_resource_exhausted))
         .add_service(health)
         .add_service(reflection)
         .add_service(svc)
