@@ -37,6 +37,13 @@ async fn dead_and_slow_shards_degrade_reads_and_recover() {
     let r = c.search(text_query("black leather shoes", 10)).await.unwrap().into_inner();
     assert_eq!(coverage(&r), (3, 3, false));
 
+    // Deletes and updates on the shard about to die must survive its restart.
+    let deleted: Vec<String> = on(2).take(5).map(|i| i.id.clone()).collect();
+    assert_eq!(c.delete_items(pb::DeleteItemsRequest { ids: deleted.clone() }).await.unwrap().into_inner().deleted, 5);
+    let mut renamed = on(2).nth(5).unwrap().clone();
+    renamed.title = format!("{} (renamed before the crash)", renamed.title);
+    c.upsert_items(pb::UpsertItemsRequest { items: vec![renamed.clone()] }).await.unwrap();
+
     // One shard dies: reads still answer, from the other two, marked degraded.
     cluster.kill_shard(2);
     let r = c.search(text_query("black leather shoes", 10)).await.expect("degraded read, not an error").into_inner();
@@ -61,7 +68,7 @@ async fn dead_and_slow_shards_degrade_reads_and_recover() {
     assert!(info.coverage.unwrap().degraded);
 
     // Writes owned by the dead shard are refused with a reason, not dropped.
-    let mut orphan = on(2).next().unwrap().clone();
+    let mut orphan = on(2).nth(6).unwrap().clone();
     orphan.title.push_str(" (updated)");
     let err = c.upsert_items(pb::UpsertItemsRequest { items: vec![orphan.clone()] }).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
@@ -90,8 +97,10 @@ async fn dead_and_slow_shards_degrade_reads_and_recover() {
     assert_eq!(coverage(&r), (3, 3, false));
     let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
     let got = c.get_items(pb::GetItemsRequest { ids, with_vectors: false }).await.unwrap().into_inner();
-    assert!(got.missing.is_empty(), "lost after restart: {:?}", got.missing);
-    assert_eq!(got.items.len(), 600);
+    assert_eq!(got.missing, deleted, "exactly the deleted items are missing after restart");
+    assert_eq!(got.items.len(), 595);
+    let title = got.items.iter().find(|i| i.id == renamed.id).map(|i| i.title.clone());
+    assert_eq!(title.as_deref(), Some(renamed.title.as_str()), "the update survives the restart");
     let info = c.cluster_info(pb::ClusterInfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.shards.iter().map(|s| s.users).sum::<u64>(), 30, "user profiles survive restarts");
     if owner != 2 {
