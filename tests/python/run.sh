@@ -13,7 +13,7 @@ root="$(cd "$here/../.." && pwd)"
 cd "$root"
 
 venv="$root/.cache/venv"
-pins=(grpcio==1.85.1 grpcio-tools==1.85.1 protobuf==7.36.2 pytest==9.2.0)
+pins=(grpcio==1.85.1 grpcio-tools==1.85.1 protobuf==7.36.2 pytest==9.2.0 onnxruntime==1.31.1 tokenizers==0.22.2 numpy==2.3.5)
 stamp="$venv/.vitrine-python-tests"
 
 if [[ ! -x "$venv/bin/python" ]]; then
