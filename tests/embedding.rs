@@ -66,3 +66,73 @@ fn a_missing_library_or_model_is_an_error_not_a_panic() {
     let err = TextEmbedder::load(&TextModelConfig::new("/nonexistent-model-dir", &lib)).unwrap_err();
     assert!(err.to_string().contains("model.onnx"), "{err}");
 }
+
+mod batching {
+    use std::time::{Duration, Instant};
+
+    use vitrine_shard::batcher::{BatchError, Batcher, BatcherConfig};
+
+    const TITLES: [&str; 12] = [
+        "Red cotton scarf",
+        "Men's black leather Chelsea boots",
+        "Stainless steel insulated water bottle 750 ml",
+        "Kids rain jacket with hood, yellow",
+        "Wireless ergonomic mouse",
+        "Organic green tea, 100 bags",
+        "Women's running tights with side pocket",
+        "Cast iron grill pan",
+        "Noise cancelling earbuds",
+        "Linen duvet cover, king size, sage",
+        "Analog dive watch 200 m",
+        "Bamboo cutting board set",
+    ];
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_queries_are_batched_and_get_their_own_vectors() {
+        let e = super::embedder();
+        let direct = e.embed(&TITLES).unwrap();
+        let config = BatcherConfig { max_batch: 8, max_delay: Duration::from_millis(20), ..BatcherConfig::default() };
+        let b = std::sync::Arc::new(Batcher::start(e, config).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Spawn all first (collect), then wait: the queries must be in flight together.
+        let calls: Vec<_> = TITLES
+            .iter()
+            .map(|t| {
+                let b = std::sync::Arc::clone(&b);
+                tokio::spawn(async move { b.embed(t.to_string(), deadline).await })
+            })
+            .collect();
+        let got: Vec<Vec<f32>> = futures_join(calls.into_iter()).await;
+        for (i, (g, d)) in got.iter().zip(&direct).enumerate() {
+            let diff = g.iter().zip(d).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-4, "{}: a batched query got another text's vector (diff {diff})", TITLES[i]);
+        }
+        let batches = b.stats.batches.load(std::sync::atomic::Ordering::Relaxed);
+        let texts = b.stats.texts.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(texts, 12);
+        assert!(batches < 12, "12 concurrent queries ran as {batches} batches: nothing was batched");
+    }
+
+    async fn futures_join<I>(handles: I) -> Vec<Vec<f32>>
+    where
+        I: Iterator<Item = tokio::task::JoinHandle<Result<Vec<f32>, BatchError>>>,
+    {
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap().unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn full_queues_and_expired_deadlines_are_refused() {
+        let e = super::embedder();
+        let b = Batcher::start(e.clone(), BatcherConfig { max_queue: 0, ..BatcherConfig::default() }).unwrap();
+        let r = b.embed("red scarf".into(), Instant::now() + Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(BatchError::QueueFull(_))), "{r:?}");
+        let b = Batcher::start(e, BatcherConfig::default()).unwrap();
+        let r = b.embed("red scarf".into(), Instant::now()).await;
+        assert!(matches!(r, Err(BatchError::DeadlineExpired(_))), "{r:?}");
+        assert_eq!(b.stats.expired.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+}

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod filter;
+pub mod timeout;
 pub mod validate;
 
 /// Generated protobuf and gRPC code for package `vitrine.v1`.

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use tonic::metadata::MetadataMap;
+use vitrine_proto::timeout::parse_grpc_timeout;
 
 /// When the answer is due.
 #[derive(Debug, Clone, Copy)]
@@ -45,38 +46,9 @@ impl Deadline {
     }
 }
 
-/// Parses the gRPC wire format `<digits><unit>` with unit H, M, S, m, u, n.
-pub fn parse_grpc_timeout(s: &str) -> Option<Duration> {
-    let (digits, unit) = s.split_at(s.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_the_wire_format() {
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("5x"), None);
-        assert_eq!(parse_grpc_timeout("m"), None);
-        assert_eq!(parse_grpc_timeout(""), None);
-        assert_eq!(parse_grpc_timeout("123456789S"), None, "at most 8 digits");
-    }
 
     #[test]
     fn metadata_deadline_is_capped_and_defaulted() {

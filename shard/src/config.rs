@@ -38,6 +38,15 @@ pub struct ShardConfig {
     /// Intra-op threads per ONNX Runtime session.
     #[arg(long, env = "VITRINE_SHARD_INTRA_THREADS", default_value_t = 1)]
     pub intra_threads: usize,
+    /// Most query texts per batched model call.
+    #[arg(long, env = "VITRINE_SHARD_BATCH_MAX_SIZE", default_value_t = 16)]
+    pub batch_max_size: usize,
+    /// Longest a query waits for others to batch with, in microseconds.
+    #[arg(long, env = "VITRINE_SHARD_BATCH_MAX_DELAY_US", default_value_t = 2000)]
+    pub batch_max_delay_us: u64,
+    /// Most queries waiting for the model before new ones are refused.
+    #[arg(long, env = "VITRINE_SHARD_BATCH_MAX_QUEUE", default_value_t = 1024)]
+    pub batch_max_queue: usize,
     /// HNSW links per node.
     #[arg(long, env = "VITRINE_SHARD_HNSW_M", default_value_t = 16)]
     pub hnsw_m: usize,

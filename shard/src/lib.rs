@@ -2,6 +2,7 @@
 //! virtual shards) and the profiles of part of the users.
 //!
 //! - [`embed`]: text → vector with ONNX Runtime.
+//! - [`batcher`]: dynamic batching of query embeddings.
 //! - [`index`]: the ANN graph behind the [`index::VectorIndex`] trait.
 //! - [`catalog`]: items + index, tombstones, compaction, filtered search.
 //! - [`profiles`]: recent events per user.
@@ -9,6 +10,7 @@
 //! - [`service`]: the internal gRPC API the router calls.
 #![forbid(unsafe_code)]
 
+pub mod batcher;
 pub mod catalog;
 pub mod config;
 pub mod embed;
@@ -71,8 +73,24 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     let catalog = Arc::new(Catalog::new(dimension, params, policy));
     let wal_path = config.data_dir.join("wal.log");
     let (wal, replay) = Wal::open(&wal_path, config.fsync, config.repair_wal)?;
+    let batcher = match &embedder {
+        Some(e) => Some(
+            batcher::Batcher::start(
+                Arc::clone(e),
+                batcher::BatcherConfig {
+                    max_batch: config.batch_max_size.max(1),
+                    max_delay: std::time::Duration::from_micros(config.batch_max_delay_us),
+                    max_queue: config.batch_max_queue,
+                    workers: config.embed_sessions.max(1),
+                },
+            )
+            .context("starting the embedding batcher")?,
+        ),
+        None => None,
+    };
     let state = Arc::new(ShardState {
         shard_id: config.shard_id,
+        batcher,
         catalog,
         profiles: profiles::Profiles::new(config.profile_events),
         wal: Mutex::new(wal),

@@ -4,10 +4,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
-use vitrine_proto::{pb, validate, Filter, Limits};
 
+use vitrine_proto::{pb, timeout, validate, Filter, Limits};
+
+use crate::batcher::{BatchError, Batcher};
 use crate::catalog::{Catalog, Constraint, StoredItem};
 use crate::embed::TextEmbedder;
 use crate::profiles::Profiles;
@@ -22,6 +25,8 @@ pub struct ShardState {
     /// apply makes the in-memory order equal the replay order.
     pub wal: Mutex<Wal>,
     pub embedder: Option<Arc<TextEmbedder>>,
+    /// Batches query embeddings (present when there is a text model).
+    pub batcher: Option<Batcher>,
     pub limits: Limits,
 }
 
@@ -234,6 +239,8 @@ impl pb::shard_server::Shard for ShardService {
 
     async fn embed(&self, request: Request<pb::EmbedRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
         let span = tracing::info_span!("shard.embed", shard = self.state.shard_id);
+        // The caller's deadline bounds the time a query may wait for a batch.
+        let deadline = Instant::now() + timeout::from_metadata(request.metadata()).unwrap_or(Duration::from_secs(1));
         async move {
             match request.into_inner().input {
                 Some(pb::embed_request::Input::Text(text)) => {
@@ -247,7 +254,14 @@ impl pb::shard_server::Shard for ShardService {
                             self.state.limits.max_description_bytes
                         )));
                     }
-                    let v = self.embed_texts(vec![text]).await?.pop().unwrap_or_default();
+                    let batcher = self.state.batcher.as_ref().ok_or_else(|| {
+                        Status::failed_precondition("this shard runs without a text model; search by vector")
+                    })?;
+                    let v = batcher.embed(text, deadline).await.map_err(|e| match e {
+                        BatchError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
+                        BatchError::DeadlineExpired(_) => Status::deadline_exceeded(e.to_string()),
+                        BatchError::Embed(_) => Status::internal(e.to_string()),
+                    })?;
                     Ok(Response::new(pb::EmbedResponse {
                         vector: Some(pb::Vector { values: v }),
                         model: self.state.model_name(),
