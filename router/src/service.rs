@@ -283,7 +283,7 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         let deadline = r.write_deadline(&request);
         let items = request.into_inner().items;
         let span = request_span("UpsertItems");
-        span.record("items", items.len());
+        tracing::debug!(parent: &span, items = items.len(), "upsert");
         Ok(Response::new(r.upsert_batch(deadline, items).instrument(span).await?))
     }
 
