@@ -5,18 +5,10 @@
 # thread each, ground truth by brute force. Prints a table with QPS ratios.
 # Usage: bash benches/run-ann.sh [M] [EF_CONSTRUCTION]
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
 M="${1:-16}"
 EFC="${2:-200}"
-data="${VITRINE_SHARED_DATA:-$root/../shared/data}"
-[[ -d "$data" ]] || { echo "skipping: $data not found (the benchmark needs the real titles)"; exit 0; }
-
-bash scripts/fetch-models.sh
-venv="$root/.cache/bench-venv"
-[[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check numpy==2.3.5 hnswlib==0.8.0
-cargo build --release --locked -p vitrine-benches --bin vitrine-annbench
+source "$(dirname "$0")/peers/setup.sh"
+bench_setup vitrine-annbench numpy==2.3.5 hnswlib==0.8.0
 
 dir="$root/.cache/bench/titles-minilm"
 if [[ ! -f "$dir/meta.json" ]]; then

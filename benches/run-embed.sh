@@ -4,16 +4,9 @@
 # Both pad each batch to the longest title in it.
 # Usage: bash benches/run-embed.sh [THREADS]
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
 threads="${1:-2}"
-data="${VITRINE_SHARED_DATA:-$root/../shared/data}"
-[[ -d "$data" ]] || { echo "skipping: $data not found (the benchmark needs the real titles)"; exit 0; }
-bash scripts/fetch-models.sh
-venv="$root/.cache/bench-venv"
-[[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check numpy==2.3.5 onnxruntime==1.31.1 tokenizers==0.22.2
-cargo build --release --locked -p vitrine-benches --bin vitrine-embedbench
+source "$(dirname "$0")/peers/setup.sh"
+bench_setup vitrine-embedbench numpy==2.3.5 onnxruntime==1.31.1 tokenizers==0.22.2
 titles="$(mktemp)"
 awk -F"\t" 'NR > 1 && NR <= 2001 { print $2 }' "$data/fashion-products/catalog-text-full.tsv" >"$titles"
 out="$(mktemp)"

@@ -30,10 +30,6 @@ impl Deadline {
         Self { at: Instant::now() + budget }
     }
 
-    pub fn after(d: Duration) -> Self {
-        Self { at: Instant::now() + d }
-    }
-
     pub fn remaining(&self) -> Duration {
         self.at.saturating_duration_since(Instant::now())
     }

@@ -65,10 +65,6 @@ impl Router {
         Self { shards, topology, settings, dimension: AtomicUsize::new(0) }
     }
 
-    pub fn shards(&self) -> &Shards {
-        &self.shards
-    }
-
     fn read_deadline<T>(&self, r: &Request<T>) -> Deadline {
         Deadline::from_metadata(r.metadata(), self.settings.read_timeout, MAX_DEADLINE)
     }
@@ -358,12 +354,16 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         if let Some(e) = errors.into_iter().next() {
             return Err(Status::unavailable(format!("cannot read every requested item: {}", e.message())));
         }
+        // Request order, each id once (a repeated id is answered once).
         let mut out = pb::GetItemsResponse::default();
+        let mut answered = HashSet::with_capacity(req.ids.len());
         for id in req.ids {
+            if !answered.insert(id.clone()) {
+                continue;
+            }
             match found.remove(&id) {
                 Some(it) => out.items.push(it),
-                None if !out.missing.contains(&id) && !out.items.iter().any(|x| x.id == id) => out.missing.push(id),
-                None => {}
+                None => out.missing.push(id),
             }
         }
         Ok(Response::new(out))

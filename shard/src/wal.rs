@@ -176,11 +176,6 @@ impl Wal {
         self.next_seq += 1;
         Ok(seq)
     }
-
-    /// Size of the log in bytes.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
 }
 
 fn checksum(seq: u64, payload: &[u8]) -> u32 {

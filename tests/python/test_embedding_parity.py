@@ -1,8 +1,9 @@
 """The shards' Rust embedding path against Python onnxruntime.
 
 The same model file and tokenizer.json are run in Python the way
-sentence-transformers does it: pad to the batch's longest input, truncate
-at 256 tokens, mean-pool over the attention mask, L2-normalise. 100 real
+sentence-transformers does it (`benches/peers/onnxruntime_embed.py`): pad to
+the batch's longest input, truncate at 256 tokens, mean-pool over the
+attention mask, L2-normalise. 100 real
 product titles go into the cluster through the public API, and their stored
 vectors come back with GetItems(with_vectors). Each must match the Python
 vector to within 1e-4 in every component.
@@ -11,6 +12,7 @@ vector to within 1e-4 in every component.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,30 +42,12 @@ def _titles(n: int) -> list[str]:
 
 
 def _python_reference(texts: list[str]) -> np.ndarray:
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
+    # The same reference the embedding benchmark runs against.
+    sys.path.insert(0, str(ROOT / "benches/peers"))
+    from onnxruntime_embed import reference_embedder
 
-    tok = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
-    tok.enable_padding()  # pad to the longest input of the batch
-    tok.enable_truncation(max_length=256)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(MODEL_DIR / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    out = []
-    for start in range(0, len(texts), 32):
-        enc = tok.encode_batch(texts[start : start + 32])
-        feed = {
-            "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
-        }
-        if "token_type_ids" in names:
-            feed["token_type_ids"] = np.array([e.type_ids for e in enc], dtype=np.int64)
-        hidden = sess.run(None, feed)[0]
-        mask = feed["attention_mask"][:, :, None].astype(np.float32)
-        pooled = (hidden * mask).sum(axis=1) / mask.sum(axis=1)
-        out.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
-    return np.concatenate(out)
+    embed = reference_embedder(str(MODEL_DIR), threads=1)
+    return np.concatenate([embed(texts[i : i + 32]) for i in range(0, len(texts), 32)])
 
 
 def test_rust_vectors_match_python_onnxruntime(cluster):
