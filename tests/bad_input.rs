@@ -154,8 +154,13 @@ async fn bad_filters(ctx: &Ctx) -> Result<()> {
         deep = build::not(deep);
     }
     expect(c.search(f(deep)).await, Code::InvalidArgument, "deeper")?;
-    let sim =
-        pb::SimilarItemsRequest { id: ctx.seed[0].id.clone(), k: 5, filter: Some(build::tag("")), with_items: false };
+    let sim = pb::SimilarItemsRequest {
+        id: ctx.seed[0].id.clone(),
+        k: 5,
+        filter: Some(build::tag("")),
+        with_items: false,
+        ..Default::default()
+    };
     expect(c.similar_items(sim).await, Code::InvalidArgument, "empty tag")?;
     Ok(())
 }

@@ -164,6 +164,12 @@ pub fn item(item: &pb::Item, dim: usize, can_embed_text: bool, limits: &Limits) 
     if !item.image.is_empty() {
         image(&format!("item {name:?}: image"), &item.image, limits)?;
     }
+    if item.published_ms < 0 {
+        return Err(InvalidInput::new(format!(
+            "item {name:?}: published_ms is {}; use milliseconds since the Unix epoch, or 0 for unknown",
+            item.published_ms
+        )));
+    }
     if let Some(attrs) = &item.attributes {
         if let Some(p) = attrs.price {
             finite(&format!("item {name:?}: price"), p)?;
@@ -239,6 +245,78 @@ pub fn ids(what: &str, ids: &[String], limits: &Limits) -> Result<(), InvalidInp
     Ok(())
 }
 
+/// Most neighbours stored per item: the router reads the lists of every
+/// recent history item on each Recommend, so they must stay short.
+pub const MAX_NEIGHBOURS: usize = 1000;
+
+/// Checks one item's behavioural signals: ids, at most [`MAX_NEIGHBOURS`]
+/// neighbours with finite non-negative weights, popularity in [0, 1].
+pub fn signals(s: &pb::ItemSignals, limits: &Limits) -> Result<(), InvalidInput> {
+    id("signals item id", &s.id, limits)?;
+    if s.neighbours.len() > MAX_NEIGHBOURS {
+        return Err(InvalidInput::new(format!(
+            "item {:?} has {} neighbours; the limit is {MAX_NEIGHBOURS}",
+            s.id,
+            s.neighbours.len()
+        )));
+    }
+    for n in &s.neighbours {
+        id("neighbour id", &n.id, limits)?;
+        if !n.weight.is_finite() || n.weight < 0.0 {
+            return Err(InvalidInput::new(format!(
+                "neighbour {:?} of item {:?} has weight {}; weights must be finite and >= 0",
+                n.id, s.id, n.weight
+            )));
+        }
+    }
+    if !(0.0..=1.0).contains(&s.popularity) {
+        return Err(InvalidInput::new(format!(
+            "item {:?} has popularity {}; it must be in [0, 1]",
+            s.id, s.popularity
+        )));
+    }
+    Ok(())
+}
+
+/// Checks per-request ranking overrides: finite weights, a diversity λ and an
+/// exploration probability in [0, 1].
+pub fn ranking(r: &pb::Ranking) -> Result<(), InvalidInput> {
+    let weights = [
+        ("content", r.content),
+        ("behaviour", r.behaviour),
+        ("popularity", r.popularity),
+        ("freshness", r.freshness),
+        ("feedback", r.feedback),
+    ];
+    for (name, w) in weights {
+        if let Some(w) = w {
+            if !w.is_finite() {
+                return Err(InvalidInput::new(format!("ranking.{name} is {w}; weights must be finite")));
+            }
+        }
+    }
+    for (name, p) in [("diversity_lambda", r.diversity_lambda), ("explore_epsilon", r.explore_epsilon)] {
+        if let Some(p) = p {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(InvalidInput::new(format!("ranking.{name} is {p}; it must be in [0, 1]")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks business rules: a boost must be finite (the filter is checked by
+/// the caller, which compiles it).
+pub fn rule(r: &pb::Rule, index: usize) -> Result<(), InvalidInput> {
+    if !r.boost.is_finite() {
+        return Err(InvalidInput::new(format!("rules[{index}].boost is {}; it must be finite", r.boost)));
+    }
+    if r.when.is_none() {
+        return Err(InvalidInput::new(format!("rules[{index}] has no `when` filter")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +338,27 @@ mod tests {
         assert!(vector("v", &[0.0, 0.0, 0.0], 3).is_err());
         let v = vector("v", &[3.0, 4.0, 0.0], 3).unwrap();
         assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+    }
+
+    #[test]
+    fn signals_rankings_and_rules_are_checked() {
+        let l = Limits::default();
+        let nb = |w: f32| pb::Neighbour { id: "b".into(), weight: w };
+        let sig = |w: f32, p: f32| pb::ItemSignals { id: "a".into(), neighbours: vec![nb(w)], popularity: p };
+        assert!(signals(&sig(0.5, 0.5), &l).is_ok());
+        assert!(signals(&sig(-1.0, 0.5), &l).is_err());
+        assert!(signals(&sig(f32::NAN, 0.5), &l).is_err());
+        assert!(signals(&sig(0.5, 1.5), &l).is_err());
+        let many = pb::ItemSignals { id: "a".into(), neighbours: vec![nb(1.0); MAX_NEIGHBOURS + 1], popularity: 0.0 };
+        assert!(signals(&many, &l).is_err());
+        assert!(ranking(&pb::Ranking { content: Some(2.0), ..Default::default() }).is_ok());
+        assert!(ranking(&pb::Ranking { content: Some(f32::INFINITY), ..Default::default() }).is_err());
+        assert!(ranking(&pb::Ranking { explore_epsilon: Some(1.1), ..Default::default() }).is_err());
+        assert!(ranking(&pb::Ranking { diversity_lambda: Some(-0.1), ..Default::default() }).is_err());
+        assert!(rule(&pb::Rule { when: None, boost: 1.0 }, 0).is_err());
+        let when = Some(pb::Filter::default());
+        assert!(rule(&pb::Rule { when: when.clone(), boost: f32::NAN }, 0).is_err());
+        assert!(rule(&pb::Rule { when, boost: -1.0 }, 0).is_ok());
     }
 
     #[test]

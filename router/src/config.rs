@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 
+use crate::rank::RankSettings;
+use crate::recommend::UserVectorParams;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "vitrine-router", version, about = "The Vitrine router: public gRPC API, fan-out, merge")]
 pub struct RouterConfig {
@@ -37,4 +40,43 @@ pub struct RouterConfig {
     /// Log as JSON lines.
     #[arg(long, env = "VITRINE_LOG_JSON")]
     pub log_json: bool,
+    /// Default ranking of Recommend and SimilarItems (requests may override
+    /// each weight; see docs/QUALITY.md for how the defaults were chosen).
+    #[command(flatten)]
+    pub ranking: RankingArgs,
+}
+
+/// Ranking defaults.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RankingArgs {
+    /// Weight of the cosine between user vector and item.
+    #[arg(long = "rank-content", env = "VITRINE_ROUTER_RANK_CONTENT", default_value_t = RankSettings::default().content)]
+    pub content: f32,
+    /// Weight of the behavioural (co-visitation) score.
+    #[arg(long = "rank-behaviour", env = "VITRINE_ROUTER_RANK_BEHAVIOUR", default_value_t = RankSettings::default().behaviour)]
+    pub behaviour: f32,
+    /// Weight of the popularity prior.
+    #[arg(long = "rank-popularity", env = "VITRINE_ROUTER_RANK_POPULARITY", default_value_t = RankSettings::default().popularity)]
+    pub popularity: f32,
+    /// Weight of freshness.
+    #[arg(long = "rank-freshness", env = "VITRINE_ROUTER_RANK_FRESHNESS", default_value_t = RankSettings::default().freshness)]
+    pub freshness: f32,
+    /// Days after which freshness halves.
+    #[arg(long, env = "VITRINE_ROUTER_FRESHNESS_HALF_LIFE_DAYS", default_value_t = RankSettings::default().freshness_half_life_days)]
+    pub freshness_half_life_days: f32,
+    /// MMR λ: 1 ranks by score only; lower favours diversity.
+    #[arg(long, env = "VITRINE_ROUTER_DIVERSITY_LAMBDA", default_value_t = RankSettings::default().diversity_lambda)]
+    pub diversity_lambda: f32,
+    /// Probability of exploring in each of the last `explore-slots` slots.
+    #[arg(long, env = "VITRINE_ROUTER_EXPLORE_EPSILON", default_value_t = RankSettings::default().explore_epsilon)]
+    pub explore_epsilon: f32,
+    /// Final slots open to exploration.
+    #[arg(long, env = "VITRINE_ROUTER_EXPLORE_SLOTS", default_value_t = RankSettings::default().explore_slots)]
+    pub explore_slots: usize,
+    /// Weight of the click rate learnt from feedback events.
+    #[arg(long = "feedback-weight", env = "VITRINE_ROUTER_FEEDBACK_WEIGHT", default_value_t = RankSettings::default().feedback)]
+    pub feedback: f32,
+    /// Sharpness of target attention in the user vector (0 = off).
+    #[arg(long, env = "VITRINE_ROUTER_TARGET_ATTENTION", default_value_t = UserVectorParams::default().target_attention)]
+    pub target_attention: f32,
 }

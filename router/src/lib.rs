@@ -1,14 +1,18 @@
 //! The Vitrine router: the public gRPC API. It owns no data; it knows where
 //! data lives ([`topology`]), asks shards ([`fanout`]) within the client's
 //! deadline ([`deadline`]), asks each for only as many hits as needed
-//! ([`topk`]), merges their answers ([`merge`]) and builds user vectors for
-//! recommendations ([`recommend`]). [`service`] wires it to gRPC.
+//! ([`topk`]), merges their answers ([`merge`]). Recommendations run the
+//! [`pipeline`]: user vector by attention ([`recommend`]), candidates from
+//! the index, behavioural signals and popularity, then the global ranking
+//! phase ([`rank`]). [`service`] wires it to gRPC.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod deadline;
 pub mod fanout;
 pub mod merge;
+pub mod pipeline;
+pub mod rank;
 pub mod recommend;
 pub mod service;
 pub mod status;
@@ -35,10 +39,41 @@ pub fn build(config: &RouterConfig) -> anyhow::Result<Arc<Router>> {
     let mut shards = Shards::connect(&config.shards, config.max_message_mib << 20)?;
     shards.min_coverage = config.min_coverage;
     shards.topk_probability = config.topk_probability;
+    let r = &config.ranking;
+    let in_unit = |name: &str, v: f32| {
+        if (0.0..=1.0).contains(&v) {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("--{name} must be within 0..=1, got {v}"))
+        }
+    };
+    in_unit("diversity-lambda", r.diversity_lambda)?;
+    in_unit("explore-epsilon", r.explore_epsilon)?;
+    let weights = [r.content, r.behaviour, r.popularity, r.freshness, r.feedback, r.target_attention];
+    if weights.iter().any(|w| !w.is_finite()) || r.freshness_half_life_days <= 0.0 {
+        anyhow::bail!("ranking weights must be finite and the freshness half-life positive: {r:?}");
+    }
+    let defaults = RouterSettings::default();
     let settings = RouterSettings {
         read_timeout: Duration::from_millis(config.read_timeout_ms),
         write_timeout: Duration::from_millis(config.write_timeout_ms),
-        ..RouterSettings::default()
+        ranking: rank::RankSettings {
+            content: r.content,
+            behaviour: r.behaviour,
+            popularity: r.popularity,
+            freshness: r.freshness,
+            freshness_half_life_days: r.freshness_half_life_days,
+            diversity_lambda: r.diversity_lambda,
+            explore_epsilon: r.explore_epsilon,
+            explore_slots: r.explore_slots,
+            feedback: r.feedback,
+            ..defaults.ranking.clone()
+        },
+        user_vector: recommend::UserVectorParams {
+            target_attention: r.target_attention,
+            ..defaults.user_vector.clone()
+        },
+        ..defaults
     };
     Ok(Arc::new(Router::new(Arc::new(shards), topology, settings)))
 }

@@ -1,10 +1,13 @@
-//! The user vector behind `Recommend`: a weighted centroid of the vectors of
-//! items the user touched.
+//! The user vector behind `Recommend`: attention over the items the user
+//! touched, i.e. a weighted centroid of their vectors with
 //!
 //! weight(event) = type_weight(event) × recency_decay^(position from newest)
+//!                 × exp(target_attention × (cos(item, newest item) − 1))
 //!
-//! so a purchase counts more than a view, and the last few items dominate
-//! (shopping intent drifts within a session). Liked items (`positive`) are
+//! so a purchase counts more than a view, the last few items dominate
+//! (shopping intent drifts within a session), and older items count more
+//! when they resemble what the user is looking at now (target attention, as
+//! in DIN, with the newest item standing in for the target). Liked items (`positive`) are
 //! added with the purchase weight; disliked items (`negative`) push the vector
 //! away as in Qdrant's average-vector strategy: u' = 2·u − mean(negative).
 
@@ -20,11 +23,13 @@ pub struct UserVectorParams {
     pub click: f32,
     pub add_to_cart: f32,
     pub purchase: f32,
+    /// Sharpness of the similarity-to-newest term; 0 turns it off.
+    pub target_attention: f32,
 }
 
 impl Default for UserVectorParams {
     fn default() -> Self {
-        Self { recency_decay: 0.85, view: 1.0, click: 1.5, add_to_cart: 2.5, purchase: 3.0 }
+        Self { recency_decay: 0.85, view: 1.0, click: 1.5, add_to_cart: 2.5, purchase: 3.0, target_attention: 1.0 }
     }
 }
 
@@ -55,8 +60,11 @@ pub fn user_vector(
     let dim = history.first().map(|t| t.vector.len()).or_else(|| positive.first().map(|v| v.len()))?;
     let mut u = vec![0f32; dim];
     let mut total = 0f32;
+    let newest = history.last().map(|t| t.vector);
     for (age, touch) in history.iter().rev().enumerate() {
-        let w = p.type_weight(touch.event) * p.recency_decay.powi(age as i32);
+        let similarity = newest.map_or(1.0, |n| dot_product(n, touch.vector));
+        let attention = (p.target_attention * (similarity - 1.0)).exp();
+        let w = p.type_weight(touch.event) * p.recency_decay.powi(age as i32) * attention;
         add(&mut u, touch.vector, w);
         total += w;
     }
@@ -85,6 +93,10 @@ pub fn user_vector(
     Some(u)
 }
 
+fn dot_product(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
 fn add(acc: &mut [f32], v: &[f32], w: f32) {
     for (a, x) in acc.iter_mut().zip(v) {
         *a += w * x;
@@ -102,7 +114,8 @@ mod tests {
     #[test]
     fn recent_and_strong_events_dominate() {
         let (a, b) = ([1.0, 0.0], [0.0, 1.0]);
-        let p = UserVectorParams::default();
+        // Without target attention, which would favour b's look-alikes.
+        let p = UserVectorParams { target_attention: 0.0, ..Default::default() };
         // Viewed a, then b: b is newer and wins.
         let u = user_vector(
             &[Touch { vector: &a, event: EventType::View }, Touch { vector: &b, event: EventType::View }],
@@ -122,6 +135,23 @@ mod tests {
         .unwrap();
         assert!(dot(&u, &a) > dot(&u, &b));
         assert!((dot(&u, &u) - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn target_attention_favours_history_like_the_newest_item() {
+        // Oldest a, then b, then newest c, which resembles a but not b.
+        let (a, b, c) = ([1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.8, 0.0, 0.6]);
+        let h = [
+            Touch { vector: &a, event: EventType::View },
+            Touch { vector: &b, event: EventType::View },
+            Touch { vector: &c, event: EventType::View },
+        ];
+        let off = UserVectorParams { target_attention: 0.0, ..Default::default() };
+        let on = UserVectorParams { target_attention: 3.0, ..Default::default() };
+        let u_off = user_vector(&h, &[], &[], &off).unwrap();
+        let u_on = user_vector(&h, &[], &[], &on).unwrap();
+        assert!(dot(&u_on, &a) > dot(&u_off, &a), "a is like the newest item and gains weight");
+        assert!(dot(&u_on, &b) < dot(&u_off, &b), "b is unlike it and loses weight");
     }
 
     #[test]

@@ -14,7 +14,9 @@ use vitrine_proto::{pb, validate, Filter, Limits};
 
 use crate::deadline::Deadline;
 use crate::fanout::Shards;
-use crate::recommend::{user_vector, Touch, UserVectorParams};
+use crate::pipeline::RankQuery;
+use crate::rank::{Feedback, RankSettings};
+use crate::recommend::UserVectorParams;
 use crate::topology::Topology;
 
 /// Longest deadline honoured from a client.
@@ -30,6 +32,10 @@ pub struct RouterSettings {
     pub write_timeout: Duration,
     pub limits: Limits,
     pub user_vector: UserVectorParams,
+    /// Default ranking of Recommend and SimilarItems.
+    pub ranking: RankSettings,
+    /// Items whose feedback rates are tracked.
+    pub feedback_capacity: usize,
 }
 
 impl Default for RouterSettings {
@@ -39,20 +45,24 @@ impl Default for RouterSettings {
             write_timeout: Duration::from_secs(60),
             limits: Limits::default(),
             user_vector: UserVectorParams::default(),
+            ranking: RankSettings::default(),
+            feedback_capacity: 1_000_000,
         }
     }
 }
 
 /// The router's state.
 pub struct Router {
-    shards: Arc<Shards>,
+    pub(crate) shards: Arc<Shards>,
     topology: Topology,
-    settings: RouterSettings,
+    pub(crate) settings: RouterSettings,
     /// Vector dimension learnt from the shards (0 until one answered).
     dimension: AtomicUsize,
+    /// Click and purchase rates learnt from events.
+    pub(crate) feedback: Feedback,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
@@ -62,7 +72,16 @@ fn request_span(name: &'static str) -> tracing::Span {
 
 impl Router {
     pub fn new(shards: Arc<Shards>, topology: Topology, settings: RouterSettings) -> Self {
-        Self { shards, topology, settings, dimension: AtomicUsize::new(0) }
+        let feedback = Feedback::new(settings.feedback_capacity);
+        Self { shards, topology, settings, dimension: AtomicUsize::new(0), feedback }
+    }
+
+    /// The ranking for a request: the configured one with its overrides.
+    fn rank_settings(&self, r: Option<&pb::Ranking>) -> Result<RankSettings, Status> {
+        if let Some(r) = r {
+            validate::ranking(r)?;
+        }
+        Ok(self.settings.ranking.with_overrides(r))
     }
 
     fn read_deadline<T>(&self, r: &Request<T>) -> Deadline {
@@ -101,7 +120,7 @@ impl Router {
         infos
     }
 
-    fn group<T>(&self, items: Vec<T>, key: impl Fn(&T) -> &str) -> BTreeMap<u32, Vec<T>> {
+    pub(crate) fn group<T>(&self, items: Vec<T>, key: impl Fn(&T) -> &str) -> BTreeMap<u32, Vec<T>> {
         let mut groups: BTreeMap<u32, Vec<T>> = BTreeMap::new();
         for it in items {
             groups.entry(self.topology.shard_of(key(&it))).or_default().push(it);
@@ -193,7 +212,7 @@ impl Router {
 
     /// Items by id, with vectors when asked. Returns found items keyed by id
     /// and the shards that could not be read.
-    async fn fetch_items(
+    pub(crate) async fn fetch_items(
         &self,
         deadline: Deadline,
         ids: Vec<String>,
@@ -262,6 +281,20 @@ impl VitrineService {
     pub fn new(router: Arc<Router>) -> Self {
         Self { router }
     }
+}
+
+/// Compiles and checks business rules.
+fn compile_rules(rules: &[pb::Rule]) -> Result<Vec<(Filter, f32)>, Status> {
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            validate::rule(rule, i)?;
+            let f = Filter::from_optional(rule.when.as_ref())?
+                .ok_or_else(|| Status::invalid_argument(format!("rules[{i}] has an empty `when` filter")))?;
+            Ok((f, rule.boost))
+        })
+        .collect()
 }
 
 fn validate_filter(f: Option<&pb::Filter>) -> Result<(), Status> {
@@ -384,6 +417,7 @@ impl pb::vitrine_server::Vitrine for VitrineService {
                 filter: req.filter,
                 exclude_ids: Vec::new(),
                 with_items: req.with_items,
+                ..Default::default()
             };
             let (hits, coverage) = r.shards.search(deadline, shard_req, k).await?;
             Ok(Response::new(pb::SearchResponse { hits, coverage: Some(coverage) }))
@@ -404,27 +438,32 @@ impl pb::vitrine_server::Vitrine for VitrineService {
             validate::id("item id", &req.id, &r.settings.limits)?;
             let k = validate::k(req.k, &r.settings.limits)?;
             validate_filter(req.filter.as_ref())?;
-            let (mut found, errors) = r.fetch_items(deadline, vec![req.id.clone()], true).await;
-            if let Some(e) = errors.into_iter().next() {
-                return Err(Status::unavailable(format!(
-                    "the shard holding item {:?} is unavailable: {}",
-                    req.id,
-                    e.message()
-                )));
-            }
-            let vector = found
-                .remove(&req.id)
-                .and_then(|it| it.vector)
-                .ok_or_else(|| Status::not_found(format!("item {:?} does not exist", req.id)))?;
-            let shard_req = pb::ShardSearchRequest {
-                vector: Some(vector),
-                k: k as u32,
+            let settings = r.rank_settings(req.ranking.as_ref())?;
+            let rules = compile_rules(&req.rules)?;
+            // The item acts as a one-item history: its content neighbours and
+            // its behavioural neighbours are the candidates.
+            let q = RankQuery {
+                user: String::new(),
+                events: vec![(req.id.clone(), pb::EventType::Purchase)],
+                positive: Vec::new(),
+                negative: Vec::new(),
+                exclude: HashSet::from([req.id.clone()]),
                 filter: req.filter,
-                exclude_ids: vec![req.id],
+                k,
                 with_items: req.with_items,
+                explain: req.explain,
+                settings,
+                rules,
+                candidate_ids: Vec::new(),
             };
-            let (hits, coverage) = r.shards.search(deadline, shard_req, k).await?;
-            Ok(Response::new(pb::SearchResponse { hits, coverage: Some(coverage) }))
+            let history = r.load_history(deadline, &q).await;
+            if history.degraded && !history.items.contains_key(&req.id) {
+                return Err(Status::unavailable(format!("the shard holding item {:?} is unavailable", req.id)));
+            }
+            if !history.items.contains_key(&req.id) {
+                return Err(Status::not_found(format!("item {:?} does not exist", req.id)));
+            }
+            Ok(Response::new(r.rank(deadline, q, history).await?))
         }
         .instrument(span)
         .await
@@ -439,13 +478,20 @@ impl pb::vitrine_server::Vitrine for VitrineService {
             let limits = &r.settings.limits;
             let k = validate::k(req.k, limits)?;
             validate_filter(req.filter.as_ref())?;
+            let settings = r.rank_settings(req.ranking.as_ref())?;
+            let rules = compile_rules(&req.rules)?;
             if req.user_id.is_empty() && req.history.is_empty() && req.positive.is_empty() {
                 return Err(Status::invalid_argument("recommend needs a user_id, a history or positive examples"));
             }
             if !req.user_id.is_empty() {
                 validate::id("user id", &req.user_id, limits)?;
             }
-            for (what, list) in [("history", &req.history), ("positive", &req.positive), ("negative", &req.negative)] {
+            for (what, list) in [
+                ("history", &req.history),
+                ("positive", &req.positive),
+                ("negative", &req.negative),
+                ("candidate_ids", &req.candidate_ids),
+            ] {
                 if list.len() > limits.max_history {
                     return Err(Status::invalid_argument(format!(
                         "{what} has {} items; the limit is {}",
@@ -490,47 +536,68 @@ impl pb::vitrine_server::Vitrine for VitrineService {
             }
             events.extend(req.history.iter().map(|id| (id.clone(), pb::EventType::View)));
 
-            let mut wanted: Vec<String> = events
-                .iter()
-                .map(|(id, _)| id.clone())
-                .chain(req.positive.iter().cloned())
-                .chain(req.negative.iter().cloned())
-                .collect();
-            let mut seen_ids = HashSet::new();
-            wanted.retain(|id| seen_ids.insert(id.clone()));
-            let (found, errors) = r.fetch_items(deadline, wanted, true).await;
-            degraded |= !errors.is_empty();
-            let vec_of = |id: &str| found.get(id).and_then(|it| it.vector.as_ref()).map(|v| v.values.as_slice());
-            let touches: Vec<Touch<'_>> =
-                events.iter().filter_map(|(id, t)| vec_of(id).map(|v| Touch { vector: v, event: *t })).collect();
-            let positive: Vec<&[f32]> = req.positive.iter().filter_map(|id| vec_of(id)).collect();
-            let negative: Vec<&[f32]> = req.negative.iter().filter_map(|id| vec_of(id)).collect();
-            let Some(u) = user_vector(&touches, &positive, &negative, &r.settings.user_vector) else {
-                // Nothing known about this user yet (or every item is gone).
-                return Ok(Response::new(pb::SearchResponse {
-                    hits: Vec::new(),
-                    coverage: Some(pb::Coverage { shards_asked: 0, shards_answered: 0, degraded }),
-                }));
-            };
-            let mut exclude: Vec<String> = req.positive.iter().chain(req.negative.iter()).cloned().collect();
+            let mut exclude: HashSet<String> = req.positive.iter().chain(req.negative.iter()).cloned().collect();
             if !req.include_seen {
-                exclude.extend(events.into_iter().map(|(id, _)| id));
+                exclude.extend(events.iter().map(|(id, _)| id.clone()));
             }
-            let mut uniq = HashSet::new();
-            exclude.retain(|id| uniq.insert(id.clone()));
-            let shard_req = pb::ShardSearchRequest {
-                vector: Some(pb::Vector { values: u }),
-                k: k as u32,
+            let q = RankQuery {
+                user: req.user_id,
+                events,
+                positive: req.positive,
+                negative: req.negative,
+                exclude,
                 filter: req.filter,
-                exclude_ids: exclude,
+                k,
                 with_items: req.with_items,
+                explain: req.explain,
+                settings,
+                rules,
+                candidate_ids: req.candidate_ids,
             };
-            let (hits, mut coverage) = r.shards.search(deadline, shard_req, k).await?;
-            coverage.degraded |= degraded;
-            Ok(Response::new(pb::SearchResponse { hits, coverage: Some(coverage) }))
+            let history = r.load_history(deadline, &q).await;
+            let mut resp = r.rank(deadline, q, history).await?;
+            if let Some(c) = resp.coverage.as_mut() {
+                c.degraded |= degraded;
+            }
+            Ok(Response::new(resp))
         }
         .instrument(span)
         .await
+    }
+
+    async fn update_signals(
+        &self,
+        request: Request<pb::UpdateSignalsRequest>,
+    ) -> Result<Response<pb::UpdateSignalsResponse>, Status> {
+        let r = &self.router;
+        let deadline = r.write_deadline(&request);
+        let signals = request.into_inner().signals;
+        let limits = &r.settings.limits;
+        if signals.len() > limits.max_batch {
+            return Err(Status::invalid_argument(format!(
+                "{} signal entries; the limit is {} per call",
+                signals.len(),
+                limits.max_batch
+            )));
+        }
+        for s in &signals {
+            validate::signals(s, limits)?;
+        }
+        let groups = r.group(signals, |s| s.id.as_str());
+        let shards = &r.shards;
+        let results = r
+            .write_grouped(deadline, groups, "signal entries", |shard, signals, budget| async move {
+                shards
+                    .call(shard, deadline, |mut c, _| {
+                        let mut q = Request::new(pb::UpdateSignalsRequest { signals });
+                        q.set_timeout(budget);
+                        async move { c.update_signals(q).await }
+                    })
+                    .await
+            })
+            .instrument(request_span("UpdateSignals"))
+            .await?;
+        Ok(Response::new(pb::UpdateSignalsResponse { updated: results.iter().map(|r| r.updated).sum() }))
     }
 
     async fn record_events(
@@ -553,6 +620,12 @@ impl pb::vitrine_server::Vitrine for VitrineService {
             validate::event(e, limits)?;
             if e.timestamp_ms == 0 {
                 e.timestamp_ms = now;
+            }
+        }
+        for e in &events {
+            use pb::EventType::{AddToCart, Click, Purchase};
+            if matches!(pb::EventType::try_from(e.r#type), Ok(Click | AddToCart | Purchase)) {
+                r.feedback.reward(&e.item_id);
             }
         }
         let groups = r.group(events, |e| e.user_id.as_str());

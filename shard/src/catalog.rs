@@ -80,7 +80,7 @@ pub struct Constraint<'a> {
 }
 
 impl Constraint<'_> {
-    fn accepts(&self, item: &StoredItem) -> bool {
+    pub fn accepts(&self, item: &StoredItem) -> bool {
         !self.exclude.contains(item.id()) && self.filter.is_none_or(|f| f.matches(item.item.attributes.as_ref()))
     }
 }

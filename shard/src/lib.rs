@@ -17,6 +17,7 @@ pub mod embed;
 pub mod index;
 pub mod profiles;
 pub mod service;
+pub mod signals;
 pub mod wal;
 
 use std::sync::Arc;
@@ -93,6 +94,7 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         batcher,
         catalog,
         profiles: profiles::Profiles::new(config.profile_events),
+        signals: signals::SignalStore::default(),
         wal: Mutex::new(wal),
         embedder,
         limits: Limits::default(),

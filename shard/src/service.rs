@@ -11,9 +11,11 @@ use tracing::Instrument;
 use vitrine_proto::{pb, timeout, validate, Filter, Limits};
 
 use crate::batcher::{BatchError, Batcher};
-use crate::catalog::{Catalog, Constraint, StoredItem};
+use crate::catalog::{sort_hits, Catalog, Constraint, Hit, StoredItem};
 use crate::embed::TextEmbedder;
+use crate::index::dot;
 use crate::profiles::Profiles;
+use crate::signals::SignalStore;
 use crate::wal::{Op, Wal, WalError, WalRecord};
 
 /// Everything one shard owns.
@@ -21,6 +23,8 @@ pub struct ShardState {
     pub shard_id: u32,
     pub catalog: Arc<Catalog>,
     pub profiles: Profiles,
+    /// Behavioural neighbours and popularity learnt off-line.
+    pub signals: SignalStore,
     /// The log doubles as the write serialiser: holding it across append and
     /// apply makes the in-memory order equal the replay order.
     pub wal: Mutex<Wal>,
@@ -49,6 +53,7 @@ impl ShardState {
                 self.catalog.delete(&req.ids);
             }
             Some(Op::Events(req)) => self.profiles.append(&req.events),
+            Some(Op::Signals(req)) => self.signals.update(&req.signals),
             None => {}
         }
     }
@@ -58,6 +63,52 @@ impl ShardState {
         wal.append(&record).map_err(wal_status)?;
         self.apply(record);
         Ok(())
+    }
+
+    /// The hits of one shard search in any of its modes: the index (nearest
+    /// to `query`), the most popular accepted items, or exactly the listed
+    /// candidates. Returns the hits best first and whether they are exact.
+    fn find(
+        &self,
+        query: Option<&[f32]>,
+        k: usize,
+        constraint: &Constraint<'_>,
+        source: Option<&pb::shard_search_request::Source>,
+    ) -> (Vec<Hit>, bool) {
+        use pb::shard_search_request::Source;
+        let score = |item: &StoredItem| query.map_or(0.0, |q| dot(q, &item.vector));
+        match (source, query) {
+            (None, Some(q)) => {
+                let out = self.catalog.search(q, k, constraint);
+                (out.hits, out.exact)
+            }
+            (None, None) => (Vec::new(), true),
+            (Some(Source::Popular(_)), _) => {
+                let mut accepted = Vec::new();
+                for (id, _) in
+                    self.signals.most_popular(k, |id| self.catalog.get(id).is_some_and(|it| constraint.accepts(&it)))
+                {
+                    if let Some(item) = self.catalog.get(&id) {
+                        accepted.push(Hit { score: score(&item), item });
+                    }
+                }
+                (accepted, true)
+            }
+            (Some(Source::Candidates(c)), _) => {
+                let mut seen = HashSet::new();
+                let mut hits: Vec<Hit> = c
+                    .ids
+                    .iter()
+                    .filter(|id| seen.insert(id.as_str()))
+                    .filter_map(|id| self.catalog.get(id))
+                    .filter(|it| constraint.accepts(it))
+                    .map(|item| Hit { score: score(&item), item })
+                    .collect();
+                sort_hits(&mut hits);
+                hits.truncate(k);
+                (hits, true)
+            }
+        }
     }
 
     fn model_name(&self) -> String {
@@ -201,34 +252,38 @@ impl pb::shard_server::Shard for ShardService {
         async move {
             let req = request.into_inner();
             let dim = self.state.catalog.dimension();
-            let query = req.vector.as_ref().ok_or_else(|| Status::invalid_argument("search needs a vector"))?;
-            let query = validate::vector("query vector", &query.values, dim)?;
+            let query = match (&req.vector, &req.source) {
+                (Some(v), _) => Some(validate::vector("query vector", &v.values, dim)?),
+                // Popularity and candidate scoring can do without a vector.
+                (None, Some(_)) => None,
+                (None, None) => return Err(Status::invalid_argument("search needs a vector")),
+            };
             let k = validate::k(req.k, &self.state.limits)?;
             let filter = Filter::from_optional(req.filter.as_ref())?;
             validate::ids("exclude id", &req.exclude_ids, &self.state.limits)?;
-            let catalog = Arc::clone(&self.state.catalog);
-            let shard = self.state.shard_id;
-            let with_items = req.with_items;
-            let exclude_ids = req.exclude_ids;
+            if let Some(pb::shard_search_request::Source::Candidates(c)) = &req.source {
+                validate::ids("candidate id", &c.ids, &self.state.limits)?;
+            }
+            let state = Arc::clone(&self.state);
             let resp = blocking(move || {
                 let constraint = Constraint {
                     filter: filter.as_ref(),
-                    exclude: exclude_ids.iter().map(String::as_str).collect::<HashSet<_>>(),
+                    exclude: req.exclude_ids.iter().map(String::as_str).collect::<HashSet<_>>(),
                 };
-                let out = catalog.search(&query, k, &constraint);
-                pb::ShardSearchResponse {
-                    exact: out.exact,
-                    hits: out
-                        .hits
-                        .into_iter()
-                        .map(|h| pb::ScoredItem {
-                            id: h.item.item.id.clone(),
-                            score: h.score,
-                            item: with_items.then(|| h.item.item.clone()),
-                            shard,
-                        })
-                        .collect(),
-                }
+                let (hits, exact) = state.find(query.as_deref(), k, &constraint, req.source.as_ref());
+                let hits = hits
+                    .into_iter()
+                    .map(|h| pb::ScoredItem {
+                        id: h.item.item.id.clone(),
+                        score: h.score,
+                        item: req.with_items.then(|| h.item.item.clone()),
+                        shard: state.shard_id,
+                        popularity: state.signals.popularity(h.item.id()),
+                        vector: req.with_vectors.then(|| pb::Vector { values: h.item.vector.clone() }),
+                        ..Default::default()
+                    })
+                    .collect();
+                pb::ShardSearchResponse { exact, hits }
             })
             .await?;
             Ok(Response::new(resp))
@@ -318,6 +373,47 @@ impl pb::shard_server::Shard for ShardService {
         .await
     }
 
+    async fn update_signals(
+        &self,
+        request: Request<pb::UpdateSignalsRequest>,
+    ) -> Result<Response<pb::UpdateSignalsResponse>, Status> {
+        let span = tracing::info_span!(
+            "shard.update_signals",
+            shard = self.state.shard_id,
+            items = request.get_ref().signals.len()
+        );
+        async move {
+            let req = request.into_inner();
+            if req.signals.len() > self.state.limits.max_batch {
+                return Err(Status::invalid_argument(format!(
+                    "{} signal entries; the limit is {} per call",
+                    req.signals.len(),
+                    self.state.limits.max_batch
+                )));
+            }
+            for s in &req.signals {
+                validate::signals(s, &self.state.limits)?;
+            }
+            let n = req.signals.len() as u32;
+            let state = Arc::clone(&self.state);
+            blocking(move || state.log_and_apply(WalRecord { op: Some(Op::Signals(req)) })).await??;
+            Ok(Response::new(pb::UpdateSignalsResponse { updated: n }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn get_signals(
+        &self,
+        request: Request<pb::GetSignalsRequest>,
+    ) -> Result<Response<pb::GetSignalsResponse>, Status> {
+        let _span = tracing::info_span!("shard.get_signals", shard = self.state.shard_id).entered();
+        let req = request.into_inner();
+        validate::ids("item id", &req.ids, &self.state.limits)?;
+        let signals = req.ids.iter().filter_map(|id| self.state.signals.get(id).map(|s| s.to_wire(id))).collect();
+        Ok(Response::new(pb::GetSignalsResponse { signals }))
+    }
+
     async fn info(&self, _request: Request<pb::ClusterInfoRequest>) -> Result<Response<pb::ShardInfo>, Status> {
         let s = &self.state;
         Ok(Response::new(pb::ShardInfo {
@@ -331,6 +427,7 @@ impl pb::shard_server::Shard for ShardService {
             execution_provider: s.embedder.as_ref().map_or("none", |e| e.execution_provider()).to_string(),
             dimension: s.catalog.dimension() as u32,
             virtual_shards: 0,
+            items_with_signals: s.signals.len() as u64,
         }))
     }
 }

@@ -24,7 +24,7 @@ const MAX_RECORD: usize = 256 << 20;
 /// One logged operation.
 #[derive(Clone, PartialEq, Message)]
 pub struct WalRecord {
-    #[prost(oneof = "Op", tags = "1, 2, 3")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4")]
     pub op: Option<Op>,
 }
 
@@ -38,6 +38,8 @@ pub enum Op {
     Delete(pb::DeleteItemsRequest),
     #[prost(message, tag = "3")]
     Events(pb::RecordEventsRequest),
+    #[prost(message, tag = "4")]
+    Signals(pb::UpdateSignalsRequest),
 }
 
 /// When appends reach the disk.

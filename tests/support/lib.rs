@@ -18,7 +18,7 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
-fn bin_dir() -> PathBuf {
+pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("VITRINE_BIN_DIR") {
         return PathBuf::from(d);
     }
@@ -27,7 +27,7 @@ fn bin_dir() -> PathBuf {
     target.join("debug")
 }
 
-fn models() -> (PathBuf, PathBuf) {
+pub fn models() -> (PathBuf, PathBuf) {
     let m = workspace_root().join(".cache/models");
     let (dir, lib) = (m.join("all-minilm-l6-v2"), m.join("libonnxruntime.so.1.31.1"));
     assert!(

@@ -33,6 +33,10 @@ pub struct Record {
     pub vector: Option<Vec<f32>>,
     /// Image file, relative to the catalogue file.
     pub image_path: Option<String>,
+    /// When the product went on sale, milliseconds since the Unix epoch; 0
+    /// (the default) means unknown.
+    #[serde(default)]
+    pub published_ms: i64,
 }
 
 impl Record {
@@ -59,6 +63,7 @@ impl Record {
                 numbers: self.numbers,
             }),
             vector: self.vector.map(|values| pb::Vector { values }),
+            published_ms: self.published_ms,
         })
     }
 }

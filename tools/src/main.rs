@@ -1,10 +1,14 @@
 //! `vitrine`: run a local cluster, load catalogues, and query from the shell.
 #![forbid(unsafe_code)]
 
+mod bulk;
 mod catalog_file;
 mod cluster;
 mod demo;
+mod eval;
 mod output;
+mod progress;
+mod signals;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -76,6 +80,146 @@ impl FilterArgs {
     }
 }
 
+/// Default text model directory of local clusters (see scripts/fetch-models.sh).
+const DEFAULT_MODEL_DIR: &str = ".cache/models/all-minilm-l6-v2";
+/// Default ONNX Runtime library of local clusters.
+const DEFAULT_ORT_LIB: &str = ".cache/models/libonnxruntime.so.1.31.1";
+
+/// Parameters of the co-visitation fit (`train` and `eval`).
+#[derive(clap::Args, Debug)]
+struct TrainFlags {
+    /// How many following items count as picked next to an item.
+    #[arg(long, default_value_t = signals::TrainParams::default().window)]
+    window: usize,
+    /// Weight factor per step of distance (the next item counts 1).
+    #[arg(long, default_value_t = signals::TrainParams::default().decay)]
+    decay: f64,
+    /// Share of each forward pair also credited backwards.
+    #[arg(long, default_value_t = signals::TrainParams::default().backward)]
+    backward: f64,
+    /// Neighbours kept per item.
+    #[arg(long, default_value_t = signals::TrainParams::default().max_neighbours)]
+    max_neighbours: usize,
+}
+
+impl TrainFlags {
+    fn params(&self) -> signals::TrainParams {
+        signals::TrainParams {
+            window: self.window,
+            decay: self.decay,
+            backward: self.backward,
+            max_neighbours: self.max_neighbours,
+        }
+    }
+}
+
+/// Flags of `vitrine train`.
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// Data set directory with items.tsv and sequences.txt.
+    #[arg(long)]
+    data: PathBuf,
+    /// Write the signals here, one JSON object per item and line.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Send the signals to the router with UpdateSignals.
+    #[arg(long)]
+    upload: bool,
+    #[command(flatten)]
+    params: TrainFlags,
+}
+
+/// Flags of `vitrine eval`.
+#[derive(clap::Args, Debug)]
+struct EvalArgs {
+    /// Data set directory with items.tsv and sequences.txt.
+    #[arg(long)]
+    data: PathBuf,
+    /// Evaluate only this many users (a seeded subset); signals are still
+    /// fitted on every user's training part.
+    #[arg(long)]
+    users: Option<usize>,
+    /// Seed of every random choice (user subset, negatives, held-out items).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Shards of the local cluster.
+    #[arg(long, default_value_t = 2)]
+    shards: u32,
+    /// Router port of the local cluster; shard i listens on port + 10 + i.
+    /// Not 50051, so that it can run beside `vitrine cluster`.
+    #[arg(long, default_value_t = 50151)]
+    port: u16,
+    /// Evaluate this running router instead of starting a local cluster.
+    /// Its signals are overwritten with the evaluation's.
+    #[arg(long)]
+    router: Option<String>,
+    /// With --router: the catalogue is already loaded; do not upsert it.
+    #[arg(long, requires = "router")]
+    skip_items: bool,
+    /// Recommend calls in flight.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Depth of each full-ranking list (at least 20, for HR@20).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(20..=1000))]
+    k: u32,
+    /// Deadline of each Recommend call, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// Skip the sampled protocol (target + 99 negatives).
+    #[arg(long)]
+    skip_sampled: bool,
+    /// Evaluate only the "full" configuration.
+    #[arg(long)]
+    skip_ablation: bool,
+    /// Skip the cold-start protocol.
+    #[arg(long)]
+    skip_cold: bool,
+    /// Permute targets across users (an honesty check: results must fall to chance).
+    #[arg(long)]
+    shuffle_targets: bool,
+    /// Also write the full report as JSON to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+    /// Text model directory of the local cluster.
+    #[arg(long, default_value = DEFAULT_MODEL_DIR)]
+    model_dir: PathBuf,
+    /// ONNX Runtime library of the local cluster.
+    #[arg(long, default_value = DEFAULT_ORT_LIB)]
+    ort_lib: PathBuf,
+    #[command(flatten)]
+    params: TrainFlags,
+}
+
+impl EvalArgs {
+    fn options(self) -> anyhow::Result<eval::EvalOptions> {
+        let target = match self.router {
+            Some(addr) => eval::Target::Router(addr),
+            None => eval::Target::Local(eval::LocalSpec {
+                shards: self.shards,
+                port: self.port,
+                model_dir: self.model_dir,
+                ort_lib: self.ort_lib,
+                bin_dir: bin_dir()?,
+            }),
+        };
+        Ok(eval::EvalOptions {
+            data: self.data,
+            target,
+            users: self.users,
+            seed: self.seed,
+            k: self.k,
+            concurrency: self.concurrency,
+            timeout: Duration::from_millis(self.timeout_ms),
+            load_items: !self.skip_items,
+            sampled: !self.skip_sampled,
+            ablation: !self.skip_ablation,
+            cold: !self.skip_cold,
+            shuffle_targets: self.shuffle_targets,
+            train: self.params.params(),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Start a local cluster (router + shards as separate processes), load the
@@ -91,10 +235,10 @@ enum Cmd {
         #[arg(long, default_value = ".cache/cluster")]
         data_dir: PathBuf,
         /// Text model directory.
-        #[arg(long, default_value = ".cache/models/all-minilm-l6-v2")]
+        #[arg(long, default_value = DEFAULT_MODEL_DIR)]
         model_dir: PathBuf,
         /// ONNX Runtime library.
-        #[arg(long, default_value = ".cache/models/libonnxruntime.so.1.31.1")]
+        #[arg(long, default_value = DEFAULT_ORT_LIB)]
         ort_lib: PathBuf,
         /// Do not load the demo catalogue.
         #[arg(long)]
@@ -156,6 +300,14 @@ enum Cmd {
     },
     /// Cluster topology and health.
     Info,
+    /// Learn behavioural signals (co-visitation neighbours, popularity) from
+    /// every user's full sequence in a data set (items.tsv + sequences.txt),
+    /// and write them as JSONL and/or upload them to the router (--addr).
+    Train(TrainArgs),
+    /// Measure recommendation quality (leave-one-out) through gRPC: fit signals
+    /// on the training split, load a cluster, replay every user's history.
+    /// Prints a table (or JSON with --json).
+    Eval(EvalArgs),
 }
 
 /// Connects to the router.
@@ -184,6 +336,11 @@ pub async fn upload(
     Ok(resp.into_inner())
 }
 
+/// Where `vitrine-router` and `vitrine-shard` are: next to this binary.
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    Ok(std::env::current_exe()?.parent().context("binary has no directory")?.to_path_buf())
+}
+
 fn print_hits(json: bool, r: &pb::SearchResponse) {
     if json {
         println!("{}", serde_json::to_string_pretty(&output::response_json(r)).unwrap_or_default());
@@ -201,7 +358,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Cmd::Cluster { shards, port, data_dir, model_dir, ort_lib, no_demo, exit_after_demo } => {
-            let bin_dir = std::env::current_exe()?.parent().context("binary has no directory")?.to_path_buf();
+            let bin_dir = bin_dir()?;
             let opts = cluster::ClusterOptions { shards, port, data_dir, model_dir, ort_lib, bin_dir };
             println!("starting a router and {shards} shards (logs in {}) ...", opts.data_dir.join("logs").display());
             let cluster = cluster::LocalCluster::start(&opts).await?;
@@ -271,7 +428,13 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Similar { id, k, filter } => {
             let mut client = connect(&cli.addr).await?;
             let r = client
-                .similar_items(pb::SimilarItemsRequest { id, k, filter: filter.to_filter(), with_items: true })
+                .similar_items(pb::SimilarItemsRequest {
+                    id,
+                    k,
+                    filter: filter.to_filter(),
+                    with_items: true,
+                    ..Default::default()
+                })
                 .await?;
             print_hits(cli.json, r.get_ref());
         }
@@ -287,6 +450,7 @@ async fn main() -> anyhow::Result<()> {
                     filter: filter.to_filter(),
                     include_seen: false,
                     with_items: true,
+                    ..Default::default()
                 })
                 .await?;
             print_hits(cli.json, r.get_ref());
@@ -327,6 +491,63 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", output::info_table(&r));
             }
         }
+        Cmd::Train(args) => train(&cli.addr, &args).await?,
+        Cmd::Eval(args) => {
+            let json_out = args.json_out.clone();
+            let report = eval::run(&args.options()?).await?;
+            if let Some(path) = &json_out {
+                eval::write_json(&report, path)?;
+            }
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", eval::table(&report));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `vitrine train`: fits on every user's whole sequence (production signals).
+async fn train(addr: &str, args: &TrainArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    anyhow::ensure!(args.out.is_some() || args.upload, "nothing to do: give --out FILE and/or --upload");
+    let params = args.params.params();
+    params.validate()?;
+    let started = std::time::Instant::now();
+    let ds = signals::Dataset::load(&args.data)?;
+    let fitted = signals::fit(ds.items.len(), &ds.sequences, &params);
+    let summary = signals::FitSummary::of(&fitted);
+    let records = signals::records(&ds.items, &fitted);
+    println!(
+        "trained on {} users, {} interactions: {} items, {} with neighbours, {} neighbour pairs, {} with popularity \
+         ({:.1} s)",
+        ds.users.len(),
+        ds.interactions(),
+        summary.items,
+        summary.items_with_neighbours,
+        summary.neighbour_pairs,
+        summary.items_with_popularity,
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &args.out {
+        let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut w = std::io::BufWriter::new(file);
+        for r in &records {
+            serde_json::to_writer(&mut w, r)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush().with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {} signal entries to {}", records.len(), path.display());
+    }
+    if args.upload {
+        let client = connect(addr).await?;
+        let started = std::time::Instant::now();
+        let n = records.len();
+        let wire = records.into_iter().map(bulk::signals_to_wire).collect();
+        let stored = bulk::update_signals(&client, wire, bulk::SIGNAL_BATCH, bulk::CONCURRENCY).await?;
+        anyhow::ensure!(stored as usize == n, "the router stored {stored} of {n} signal entries");
+        println!("uploaded {stored} signal entries to {addr} in {:.1} s", started.elapsed().as_secs_f64());
     }
     Ok(())
 }

@@ -1,0 +1,131 @@
+//! Behavioural signals of the shard's items: co-visitation neighbours and a
+//! popularity prior, learnt off-line (`vitrine train`) and stored beside the
+//! catalogue.
+//!
+//! They are kept apart from the items on purpose: a shop re-sends an item
+//! when its title or price changes, and that must not wipe what was learnt
+//! from behaviour; and re-training replaces signals without re-embedding.
+//! Signals of an id that is not (or no longer) in the catalogue are kept but
+//! never served, because every use goes through the live catalogue.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use vitrine_proto::pb;
+
+/// Signals of one item as stored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Signals {
+    /// Strongest first.
+    pub neighbours: Vec<(String, f32)>,
+    /// In [0, 1].
+    pub popularity: f32,
+}
+
+impl Signals {
+    fn from_wire(s: &pb::ItemSignals) -> Self {
+        let mut neighbours: Vec<(String, f32)> = s.neighbours.iter().map(|n| (n.id.clone(), n.weight)).collect();
+        neighbours.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Self { neighbours, popularity: s.popularity }
+    }
+
+    pub fn to_wire(&self, id: &str) -> pb::ItemSignals {
+        pb::ItemSignals {
+            id: id.to_string(),
+            neighbours: self.neighbours.iter().map(|(id, w)| pb::Neighbour { id: id.clone(), weight: *w }).collect(),
+            popularity: self.popularity,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.neighbours.is_empty() && self.popularity == 0.0
+    }
+}
+
+/// The shard's signal store.
+#[derive(Default)]
+pub struct SignalStore {
+    by_id: RwLock<HashMap<String, Arc<Signals>>>,
+}
+
+impl SignalStore {
+    /// Replaces the signals of each listed item; empty entries clear them.
+    pub fn update(&self, signals: &[pb::ItemSignals]) {
+        let mut map = self.by_id.write();
+        for s in signals {
+            let stored = Signals::from_wire(s);
+            if stored.is_empty() {
+                map.remove(&s.id);
+            } else {
+                map.insert(s.id.clone(), Arc::new(stored));
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Signals>> {
+        self.by_id.read().get(id).cloned()
+    }
+
+    pub fn popularity(&self, id: &str) -> f32 {
+        self.by_id.read().get(id).map_or(0.0, |s| s.popularity)
+    }
+
+    /// Items with signals.
+    pub fn len(&self) -> usize {
+        self.by_id.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Ids by descending popularity, ties by id: the candidate list for users
+    /// with no history. Computed per call because it is only needed for cold
+    /// users and a sort of one shard's popular items is cheap next to a
+    /// network round trip; `limit` bounds what is returned.
+    pub fn most_popular(&self, limit: usize, mut accept: impl FnMut(&str) -> bool) -> Vec<(String, f32)> {
+        let map = self.by_id.read();
+        let mut all: Vec<(&String, f32)> =
+            map.iter().filter(|(_, s)| s.popularity > 0.0).map(|(id, s)| (id, s.popularity)).collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        all.into_iter().filter(|(id, _)| accept(id)).take(limit).map(|(id, p)| (id.clone(), p)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig(id: &str, nb: &[(&str, f32)], pop: f32) -> pb::ItemSignals {
+        pb::ItemSignals {
+            id: id.into(),
+            neighbours: nb.iter().map(|(id, w)| pb::Neighbour { id: (*id).into(), weight: *w }).collect(),
+            popularity: pop,
+        }
+    }
+
+    #[test]
+    fn updates_replace_sort_and_clear() {
+        let store = SignalStore::default();
+        store.update(&[sig("a", &[("x", 0.1), ("y", 0.9)], 0.5), sig("b", &[], 0.2)]);
+        let a = store.get("a").unwrap();
+        assert_eq!(a.neighbours[0].0, "y", "neighbours are kept strongest first");
+        store.update(&[sig("a", &[("z", 1.0)], 0.1)]);
+        assert_eq!(store.get("a").unwrap().neighbours, vec![("z".to_string(), 1.0)]);
+        store.update(&[sig("a", &[], 0.0)]);
+        assert!(store.get("a").is_none());
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn most_popular_is_ordered_and_filtered() {
+        let store = SignalStore::default();
+        store.update(&[sig("a", &[], 0.5), sig("b", &[], 0.9), sig("c", &[], 0.5), sig("d", &[], 0.0)]);
+        let top = store.most_popular(10, |_| true);
+        let ids: Vec<&str> = top.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["b", "a", "c"]);
+        let top = store.most_popular(1, |id| id != "b");
+        assert_eq!(top[0].0, "a");
+    }
+}

@@ -1,0 +1,380 @@
+//! Personalised ranking through the public gRPC API on a real cluster
+//! (router + 2 shards, real products, real title embeddings): behavioural
+//! signals as a candidate source, popularity for cold users, business rules,
+//! MMR diversity, exploration with propensities, feedback learning,
+//! explanations, candidate re-ranking, and signals surviving a restart.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{ensure, Context, Result};
+use libtest_mimic::{Arguments, Trial};
+use tonic::Code;
+use vitrine_integration_tests::{connect, load, products, Cluster, Options};
+use vitrine_proto::filter::build;
+use vitrine_proto::pb;
+
+struct Ctx {
+    cluster: Mutex<Cluster>,
+    url: String,
+    items: Vec<pb::Item>,
+    rt: tokio::runtime::Runtime,
+}
+
+fn ids(r: &pb::SearchResponse) -> Vec<&str> {
+    r.hits.iter().map(|h| h.id.as_str()).collect()
+}
+
+fn category<'a>(ctx: &'a Ctx, id: &str) -> &'a str {
+    ctx.items.iter().find(|i| i.id == id).and_then(|i| i.attributes.as_ref()).map_or("", |a| a.category.as_str())
+}
+
+fn signals(id: &str, neighbours: &[(&str, f32)], popularity: f32) -> pb::ItemSignals {
+    pb::ItemSignals {
+        id: id.into(),
+        neighbours: neighbours.iter().map(|(n, w)| pb::Neighbour { id: (*n).into(), weight: *w }).collect(),
+        popularity,
+    }
+}
+
+/// An item of a different category from `of`, so content alone would not
+/// recommend it after `of`.
+fn unrelated<'a>(ctx: &'a Ctx, of: &pb::Item, skip: usize) -> &'a pb::Item {
+    let cat = category(ctx, &of.id);
+    ctx.items.iter().filter(|i| category(ctx, &i.id) != cat).nth(skip).expect("another category")
+}
+
+fn no_explore() -> Option<pb::Ranking> {
+    Some(pb::Ranking { explore_epsilon: Some(0.0), feedback: Some(0.0), ..Default::default() })
+}
+
+/// What others picked after an item is recommended after it, explained as
+/// behaviour because of that item, even though its content is unrelated.
+async fn behavioural_neighbours_are_candidates_and_explained(ctx: &Ctx) -> Result<()> {
+    let mut c = connect(&ctx.url).await?;
+    let anchor = &ctx.items[0];
+    let partner = unrelated(ctx, anchor, 0);
+    c.update_signals(pb::UpdateSignalsRequest { signals: vec![signals(&anchor.id, &[(&partner.id, 5.0)], 0.2)] })
+        .await?;
+    let content_only = c
+        .recommend(pb::RecommendRequest {
+            history: vec![anchor.id.clone()],
+            k: 10,
+            ranking: Some(pb::Ranking { behaviour: Some(0.0), ..no_explore().unwrap() }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(!ids(&content_only).contains(&partner.id.as_str()), "content alone should not find the partner");
+    let r = c
+        .recommend(pb::RecommendRequest {
+            history: vec![anchor.id.clone()],
+            k: 10,
+            explain: true,
+            ranking: no_explore(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let hit = r.hits.first().context("no hits")?;
+    ensure!(hit.id == partner.id, "behavioural neighbour not first: {:?}", ids(&r));
+    let e = hit.explanation.as_ref().context("no explanation")?;
+    ensure!(e.source == "behaviour" && e.because_of == anchor.id, "explanation {e:?}");
+    ensure!((e.content + e.behaviour + e.popularity + e.freshness + e.rules + e.feedback - hit.score).abs() < 1e-4);
+    // Content hits are explained by the history item nearest to them.
+    let content_hit = r.hits.iter().find(|h| h.explanation.as_ref().is_some_and(|e| e.source == "content"));
+    let e = content_hit.and_then(|h| h.explanation.as_ref()).context("no content hit")?;
+    ensure!(e.because_of == anchor.id, "content hit explained by {:?}", e.because_of);
+
+    // SimilarItems uses the same machinery.
+    let sim = c
+        .similar_items(pb::SimilarItemsRequest {
+            id: anchor.id.clone(),
+            k: 5,
+            ranking: no_explore(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(sim.hits.first().map(|h| h.id.as_str()) == Some(partner.id.as_str()), "similar: {:?}", ids(&sim));
+    Ok(())
+}
+
+/// A user with no history gets the most popular items that pass the filter.
+async fn cold_users_get_popular_items(ctx: &Ctx) -> Result<()> {
+    let mut c = connect(&ctx.url).await?;
+    let popular: Vec<&pb::Item> = ctx.items[100..105].iter().collect();
+    let entries: Vec<pb::ItemSignals> =
+        popular.iter().enumerate().map(|(i, it)| signals(&it.id, &[], 0.99 - i as f32 * 0.01)).collect();
+    c.update_signals(pb::UpdateSignalsRequest { signals: entries }).await?;
+    let r = c
+        .recommend(pb::RecommendRequest { user_id: "cold-user".into(), k: 3, explain: true, ..Default::default() })
+        .await?
+        .into_inner();
+    let want: Vec<&str> = popular.iter().take(3).map(|i| i.id.as_str()).collect();
+    ensure!(ids(&r) == want, "cold user got {:?}, want {want:?}", ids(&r));
+    ensure!(r.hits.iter().all(|h| h.explanation.as_ref().is_some_and(|e| e.source == "popular")));
+    // The filter holds for popular items too.
+    let cat = category(ctx, &popular[1].id).to_string();
+    let r = c
+        .recommend(pb::RecommendRequest {
+            user_id: "cold-user".into(),
+            k: 3,
+            filter: Some(build::not(build::matches("category", &[&cat]))),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(!r.hits.is_empty() && r.hits.iter().all(|h| category(ctx, &h.id) != cat), "{:?}", ids(&r));
+    Ok(())
+}
+
+/// Rules bury and boost by attribute; candidate lists are re-ranked as given.
+async fn rules_and_candidate_lists(ctx: &Ctx) -> Result<()> {
+    let mut c = connect(&ctx.url).await?;
+    // An item of a well-stocked category, so that its category fills a top 10.
+    let anchor = ctx
+        .items
+        .iter()
+        .find(|a| ctx.items.iter().filter(|i| category(ctx, &i.id) == category(ctx, &a.id)).count() >= 30)
+        .context("no category with 30 items")?;
+    let cat = category(ctx, &anchor.id).to_string();
+    let base =
+        pb::RecommendRequest { history: vec![anchor.id.clone()], k: 10, ranking: no_explore(), ..Default::default() };
+    let plain = c.recommend(base.clone()).await?.into_inner();
+    ensure!(plain.hits.iter().filter(|h| category(ctx, &h.id) == cat).count() >= 5, "history category should dominate");
+    let bury = pb::Rule { when: Some(build::matches("category", &[&cat])), boost: -100.0 };
+    let r = c.recommend(pb::RecommendRequest { rules: vec![bury], ..base.clone() }).await?.into_inner();
+    ensure!(r.hits.len() == 10 && r.hits.iter().all(|h| category(ctx, &h.id) != cat), "buried: {:?}", ids(&r));
+
+    // Boosts re-rank the retrieved candidates: lift a brand that is in the
+    // list but not on top.
+    let top_brand = brand_of(ctx, &plain.hits[0].id);
+    let lifted = plain.hits.iter().map(|h| brand_of(ctx, &h.id)).find(|b| *b != top_brand && !b.is_empty());
+    let lifted = lifted.context("every hit has the same brand")?;
+    let boost = pb::Rule { when: Some(build::matches("brand", &[&lifted])), boost: 100.0 };
+    let r = c.recommend(pb::RecommendRequest { rules: vec![boost], explain: true, ..base.clone() }).await?.into_inner();
+    let top = r.hits.first().context("no hits")?;
+    ensure!(brand_of(ctx, &top.id) == lifted, "boosted brand {lifted:?} not first: {:?}", ids(&r));
+    ensure!(top.explanation.as_ref().is_some_and(|e| e.rules == 100.0));
+
+    // Re-rank a given list: only those come back, best first.
+    let list: Vec<String> = ctx.items[200..230].iter().map(|i| i.id.clone()).chain(["no-such-item".into()]).collect();
+    let r =
+        c.recommend(pb::RecommendRequest { candidate_ids: list.clone(), k: 100, ..base.clone() }).await?.into_inner();
+    ensure!(r.hits.len() == 30, "{} hits", r.hits.len());
+    ensure!(r.hits.iter().all(|h| list.contains(&h.id)));
+    ensure!(r.hits.windows(2).all(|w| w[0].score >= w[1].score));
+    Ok(())
+}
+
+fn brand(it: &pb::Item) -> String {
+    it.attributes.as_ref().map_or(String::new(), |a| a.brand.clone())
+}
+
+fn brand_of(ctx: &Ctx, id: &str) -> String {
+    ctx.items.iter().find(|i| i.id == id).map(brand).unwrap_or_default()
+}
+
+/// A lower MMR λ gives a more diverse list (lower mean pairwise cosine).
+async fn diversity_lambda_diversifies(ctx: &Ctx) -> Result<()> {
+    let mut c = connect(&ctx.url).await?;
+    let anchor = &ctx.items[20];
+    let mut spread = Vec::new();
+    for lambda in [1.0, 0.3] {
+        let r = c
+            .recommend(pb::RecommendRequest {
+                history: vec![anchor.id.clone()],
+                k: 10,
+                ranking: Some(pb::Ranking { diversity_lambda: Some(lambda), ..no_explore().unwrap() }),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let got = c
+            .get_items(pb::GetItemsRequest { ids: ids(&r).iter().map(|s| s.to_string()).collect(), with_vectors: true })
+            .await?
+            .into_inner();
+        let vs: Vec<Vec<f32>> = got.items.iter().filter_map(|i| i.vector.as_ref().map(|v| v.values.clone())).collect();
+        ensure!(vs.len() == 10);
+        let mut sum = 0.0;
+        let mut n = 0;
+        for i in 0..vs.len() {
+            for j in i + 1..vs.len() {
+                sum += vs[i].iter().zip(&vs[j]).map(|(a, b)| a * b).sum::<f32>();
+                n += 1;
+            }
+        }
+        spread.push(sum / n as f32);
+    }
+    eprintln!("mean pairwise cosine: λ=1 {:.3}, λ=0.3 {:.3}", spread[0], spread[1]);
+    ensure!(spread[1] < spread[0] - 0.02, "λ=0.3 not more diverse: {spread:?}");
+    Ok(())
+}
+
+/// ε-greedy exploration marks its slots with propensities below 1, the fixed
+/// slots with 1; clicks on an item raise its learnt rate, which then lifts
+/// it for everyone.
+async fn exploration_and_feedback(ctx: &Ctx) -> Result<()> {
+    let mut c = connect(&ctx.url).await?;
+    let anchor = &ctx.items[30];
+    let explore = pb::Ranking { explore_epsilon: Some(1.0), explore_slots: Some(3), ..Default::default() };
+    let req = pb::RecommendRequest {
+        history: vec![anchor.id.clone()],
+        k: 8,
+        ranking: Some(explore),
+        explain: true,
+        ..Default::default()
+    };
+    let mut explored = HashSet::new();
+    for _ in 0..20 {
+        let r = c.recommend(req.clone()).await?.into_inner();
+        ensure!(r.hits.len() == 8);
+        ensure!(r.hits[..5].iter().all(|h| h.propensity == 1.0), "fixed slots: {:?}", r.hits);
+        ensure!(r.hits[5..].iter().all(|h| h.propensity > 0.0 && h.propensity < 1.0), "explored slots: {:?}", r.hits);
+        explored.extend(r.hits[5..].iter().map(|h| h.id.clone()));
+    }
+    ensure!(explored.len() > 3, "exploration never varied: {explored:?}");
+
+    // Feedback: serve with the learner on, click one low-ranked item a lot.
+    let learn = pb::Ranking { explore_epsilon: Some(0.0), feedback: Some(2.0), ..Default::default() };
+    let base = pb::RecommendRequest {
+        history: vec![anchor.id.clone()],
+        k: 10,
+        ranking: Some(learn),
+        explain: true,
+        ..Default::default()
+    };
+    let first = c.recommend(base.clone()).await?.into_inner();
+    let clicked = first.hits.last().context("no hits")?.id.clone();
+    for i in 0..30 {
+        c.recommend(base.clone()).await?;
+        let events = vec![pb::Event {
+            user_id: format!("clicker-{i}"),
+            item_id: clicked.clone(),
+            r#type: pb::EventType::Click as i32,
+            timestamp_ms: 0,
+        }];
+        c.record_events(pb::RecordEventsRequest { events }).await?;
+    }
+    let after = c.recommend(base).await?.into_inner();
+    let pos = ids(&after).iter().position(|id| *id == clicked).context("clicked item dropped out")?;
+    let fb = after.hits[pos].explanation.as_ref().map_or(0.0, |e| e.feedback);
+    ensure!(pos < 9 && fb > 0.0, "clicked item at {pos} with feedback {fb}");
+    Ok(())
+}
+
+/// Signals are logged: they survive a shard restart.
+async fn signals_survive_restart(ctx: &Ctx) -> Result<()> {
+    let mut c = connect(&ctx.url).await?;
+    let anchor = &ctx.items[40];
+    let partner = unrelated(ctx, anchor, 7);
+    c.update_signals(pb::UpdateSignalsRequest { signals: vec![signals(&anchor.id, &[(&partner.id, 3.0)], 0.1)] })
+        .await?;
+    {
+        let mut cluster = ctx.cluster.lock().map_err(|_| anyhow::anyhow!("cluster lock poisoned"))?;
+        for i in 0..2 {
+            cluster.kill_shard(i);
+            cluster.restart_shard(i);
+        }
+        cluster.wait_serving(2);
+    }
+    let mut c2 = connect(&ctx.url).await?;
+    let r = c2
+        .recommend(pb::RecommendRequest {
+            history: vec![anchor.id.clone()],
+            k: 3,
+            ranking: no_explore(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(ids(&r).first() == Some(&partner.id.as_str()), "after restart: {:?}", ids(&r));
+    let info = c.cluster_info(pb::ClusterInfoRequest {}).await?.into_inner();
+    ensure!(info.shards.iter().map(|s| s.items_with_signals).sum::<u64>() >= 1);
+    Ok(())
+}
+
+/// Bad ranking input is rejected precisely.
+async fn bad_ranking_input_is_rejected(ctx: &Ctx) -> Result<()> {
+    let mut c = connect(&ctx.url).await?;
+    let h = vec![ctx.items[0].id.clone()];
+    let cases: Vec<(pb::RecommendRequest, &str)> = vec![
+        (
+            pb::RecommendRequest {
+                history: h.clone(),
+                k: 5,
+                ranking: Some(pb::Ranking { explore_epsilon: Some(2.0), ..Default::default() }),
+                ..Default::default()
+            },
+            "explore_epsilon",
+        ),
+        (
+            pb::RecommendRequest {
+                history: h.clone(),
+                k: 5,
+                ranking: Some(pb::Ranking { content: Some(f32::NAN), ..Default::default() }),
+                ..Default::default()
+            },
+            "ranking.content",
+        ),
+        (
+            pb::RecommendRequest {
+                history: h.clone(),
+                k: 5,
+                rules: vec![pb::Rule { when: None, boost: 1.0 }],
+                ..Default::default()
+            },
+            "rules[0]",
+        ),
+        (pb::RecommendRequest { history: h, k: 5, candidate_ids: vec![String::new()], ..Default::default() }, "empty"),
+    ];
+    for (req, want) in cases {
+        match c.recommend(req).await {
+            Err(s) if s.code() == Code::InvalidArgument && s.message().contains(want) => {}
+            other => anyhow::bail!("expected INVALID_ARGUMENT mentioning {want:?}, got {other:?}"),
+        }
+    }
+    let bad = [signals("a", &[("b", f32::NAN)], 0.1), signals("a", &[], 1.5), signals("", &[], 0.1)];
+    for s in bad {
+        let r = c.update_signals(pb::UpdateSignalsRequest { signals: vec![s] }).await;
+        ensure!(matches!(&r, Err(s) if s.code() == Code::InvalidArgument), "{r:?}");
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let cluster = Cluster::start(Options::shards(2));
+    let items = products(600);
+    let url = cluster.url();
+    rt.block_on(async {
+        let mut c = connect(&url).await.expect("connect");
+        let r = load(&mut c, &items).await;
+        assert_eq!(r.upserted as usize, items.len());
+    });
+    let ctx = Arc::new(Ctx { cluster: Mutex::new(cluster), url, items, rt });
+    macro_rules! trial {
+        ($name:ident) => {{
+            let ctx = Arc::clone(&ctx);
+            Trial::test(stringify!($name), move || ctx.rt.block_on($name(&ctx)).map_err(|e| format!("{e:#}").into()))
+        }};
+    }
+    // In this order and one at a time: later tests restart shards and write
+    // signals that earlier ones would see.
+    let trials = vec![
+        trial!(bad_ranking_input_is_rejected),
+        trial!(behavioural_neighbours_are_candidates_and_explained),
+        trial!(cold_users_get_popular_items),
+        trial!(rules_and_candidate_lists),
+        trial!(diversity_lambda_diversifies),
+        trial!(exploration_and_feedback),
+        trial!(signals_survive_restart),
+    ];
+    let mut args = args;
+    args.test_threads = Some(1);
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(ctx);
+    conclusion.exit();
+}
