@@ -76,6 +76,13 @@ pub struct RankingArgs {
     /// Weight of the click rate learnt from feedback events.
     #[arg(long = "feedback-weight", env = "VITRINE_ROUTER_FEEDBACK_WEIGHT", default_value_t = RankSettings::default().feedback)]
     pub feedback: f32,
+    /// Candidates asked from the index per Recommend (more finds more cold
+    /// items, costs a deeper graph search on every shard).
+    #[arg(long, env = "VITRINE_ROUTER_ANN_CANDIDATES", default_value_t = RankSettings::default().ann_candidates)]
+    pub ann_candidates: usize,
+    /// Behavioural neighbours scored per Recommend.
+    #[arg(long, env = "VITRINE_ROUTER_BEHAVIOUR_CANDIDATES", default_value_t = RankSettings::default().behaviour_candidates)]
+    pub behaviour_candidates: usize,
     /// Sharpness of target attention in the user vector (0 = off).
     #[arg(long, env = "VITRINE_ROUTER_TARGET_ATTENTION", default_value_t = UserVectorParams::default().target_attention)]
     pub target_attention: f32,

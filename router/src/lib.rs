@@ -53,6 +53,11 @@ pub fn build(config: &RouterConfig) -> anyhow::Result<Arc<Router>> {
     if weights.iter().any(|w| !w.is_finite()) || r.freshness_half_life_days <= 0.0 {
         anyhow::bail!("ranking weights must be finite and the freshness half-life positive: {r:?}");
     }
+    for (name, n) in [("ann-candidates", r.ann_candidates), ("behaviour-candidates", r.behaviour_candidates)] {
+        if !(1..=1000).contains(&n) {
+            anyhow::bail!("--{name} must be within 1..=1000, got {n}");
+        }
+    }
     let defaults = RouterSettings::default();
     let settings = RouterSettings {
         read_timeout: Duration::from_millis(config.read_timeout_ms),
@@ -67,6 +72,8 @@ pub fn build(config: &RouterConfig) -> anyhow::Result<Arc<Router>> {
             explore_epsilon: r.explore_epsilon,
             explore_slots: r.explore_slots,
             feedback: r.feedback,
+            ann_candidates: r.ann_candidates,
+            behaviour_candidates: r.behaviour_candidates,
             ..defaults.ranking.clone()
         },
         user_vector: recommend::UserVectorParams {

@@ -214,7 +214,9 @@ impl Router {
             top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
             top.truncate(s.behaviour_candidates);
             let behaviour_ids: Vec<String> = top.iter().map(|(id, _)| id.to_string()).collect();
-            let ann_k = s.ann_candidates.max(q.k).min(self.settings.limits.max_k);
+            let explore_on = s.explore_epsilon > 0.0 && s.explore_slots > 0;
+            let depth = if explore_on { q.k + EXPLORE_POOL } else { q.k };
+            let ann_k = s.ann_candidates.max(depth).min(self.settings.limits.max_k);
             let want_ann = s.content > 0.0 && user.is_some();
             let want_popular = s.popularity > 0.0 || (user.is_none() && behaviour_ids.is_empty());
             let ann = async {
@@ -304,7 +306,11 @@ impl Router {
         }
         let mut hits = Vec::with_capacity(served.len());
         for (slot, (mut c, propensity)) in served.into_iter().enumerate() {
-            tracing::info!(
+            // One event per served item, for off-line policy evaluation.
+            // Debug level so that it costs nothing unless asked for:
+            // RUST_LOG=info,vitrine::impressions=debug (with --log-json for
+            // machine-readable lines).
+            tracing::debug!(
                 target: "vitrine::impressions",
                 user = %q.user,
                 item = %c.hit.id,

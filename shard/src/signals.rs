@@ -43,16 +43,23 @@ impl Signals {
     }
 }
 
+/// Item ids by descending popularity.
+type Ranked = Arc<Vec<(String, f32)>>;
+
 /// The shard's signal store.
 #[derive(Default)]
 pub struct SignalStore {
     by_id: RwLock<HashMap<String, Arc<Signals>>>,
+    /// Ids by descending popularity, built on first use after a change:
+    /// signals change in bulk (a training run), while cold users ask often.
+    ranked: RwLock<Option<Ranked>>,
 }
 
 impl SignalStore {
     /// Replaces the signals of each listed item; empty entries clear them.
     pub fn update(&self, signals: &[pb::ItemSignals]) {
         let mut map = self.by_id.write();
+        *self.ranked.write() = None;
         for s in signals {
             let stored = Signals::from_wire(s);
             if stored.is_empty() {
@@ -80,16 +87,25 @@ impl SignalStore {
         self.len() == 0
     }
 
-    /// Ids by descending popularity, ties by id: the candidate list for users
-    /// with no history. Computed per call because it is only needed for cold
-    /// users and a sort of one shard's popular items is cheap next to a
-    /// network round trip; `limit` bounds what is returned.
+    /// Up to `limit` accepted ids by descending popularity, ties by id: the
+    /// candidate list for users with no history.
     pub fn most_popular(&self, limit: usize, mut accept: impl FnMut(&str) -> bool) -> Vec<(String, f32)> {
+        self.ranked().iter().filter(|(id, _)| accept(id)).take(limit).cloned().collect()
+    }
+
+    fn ranked(&self) -> Ranked {
+        if let Some(r) = self.ranked.read().as_ref() {
+            return Arc::clone(r);
+        }
         let map = self.by_id.read();
-        let mut all: Vec<(&String, f32)> =
-            map.iter().filter(|(_, s)| s.popularity > 0.0).map(|(id, s)| (id, s.popularity)).collect();
-        all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        all.into_iter().filter(|(id, _)| accept(id)).take(limit).map(|(id, p)| (id.clone(), p)).collect()
+        let mut all: Vec<(String, f32)> =
+            map.iter().filter(|(_, s)| s.popularity > 0.0).map(|(id, s)| (id.clone(), s.popularity)).collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let ranked = Arc::new(all);
+        // Built under the map's read lock, so no update can slip in between
+        // reading the map and publishing the list.
+        *self.ranked.write() = Some(Arc::clone(&ranked));
+        ranked
     }
 }
 
@@ -127,5 +143,8 @@ mod tests {
         assert_eq!(ids, ["b", "a", "c"]);
         let top = store.most_popular(1, |id| id != "b");
         assert_eq!(top[0].0, "a");
+        // The cached order follows updates.
+        store.update(&[sig("c", &[], 1.0)]);
+        assert_eq!(store.most_popular(1, |_| true)[0].0, "c");
     }
 }

@@ -301,6 +301,29 @@ def test_record_events_then_recommend_for_user(stub, catalogue):
     assert_descending(rec.hits)
 
 
+def test_behavioural_signals_explained_and_optional_fields(stub, catalogue):
+    # A neighbour from another category, taught through UpdateSignals, joins
+    # the recommendations and is explained; proto3 `optional` ranking fields
+    # work.
+    anchor, partner = "py-001", next(i for i in CATEGORY if CATEGORY[i] != CATEGORY["py-001"])
+    sig = pb.ItemSignals(id=anchor, neighbours=[pb.Neighbour(id=partner, weight=4.0)], popularity=0.3)
+    assert stub.UpdateSignals(pb.UpdateSignalsRequest(signals=[sig]), timeout=RPC_TIMEOUT_S).updated == 1
+    ranking = pb.Ranking(explore_epsilon=0.0, feedback=0.0)
+    resp = stub.Recommend(
+        pb.RecommendRequest(history=[anchor], k=3, explain=True, ranking=ranking), timeout=RPC_TIMEOUT_S
+    )
+    hit = next((h for h in resp.hits if h.id == partner), None)
+    assert hit is not None, [h.id for h in resp.hits]
+    assert hit.explanation.source == "behaviour" and hit.explanation.because_of == anchor
+    assert hit.explanation.behaviour > 0 and hit.propensity == 1.0
+    no_behaviour = pb.Ranking(behaviour=0.0, explore_epsilon=0.0, feedback=0.0)
+    assert no_behaviour.HasField("behaviour")
+    resp = stub.Recommend(pb.RecommendRequest(history=[anchor], k=3, ranking=no_behaviour), timeout=RPC_TIMEOUT_S)
+    assert partner not in [h.id for h in resp.hits]
+    # Clear the signal again so other tests see the plain catalogue.
+    stub.UpdateSignals(pb.UpdateSignalsRequest(signals=[pb.ItemSignals(id=anchor)]), timeout=RPC_TIMEOUT_S)
+
+
 # --- bad input --------------------------------------------------------------
 
 

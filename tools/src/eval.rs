@@ -85,6 +85,8 @@ pub struct EvalOptions {
     pub ablation: bool,
     pub cold: bool,
     pub shuffle_targets: bool,
+    /// Hold out the second-to-last item instead of the last.
+    pub validation: bool,
     pub train: TrainParams,
 }
 
@@ -188,6 +190,7 @@ pub struct Parameters {
     pub concurrency: usize,
     pub timeout_ms: u128,
     pub shuffle_targets: bool,
+    pub validation: bool,
     pub negatives: usize,
     pub cold_fraction: f64,
     pub train: TrainParams,
@@ -293,7 +296,11 @@ pub async fn run(o: &EvalOptions) -> anyhow::Result<Report> {
 
     let t = Instant::now();
     let data = Dataset::load(&o.data).with_context(|| format!("loading the data set in {}", o.data.display()))?;
-    let split = protocol::split(&data.sequences);
+    let split = if o.validation {
+        protocol::split(&protocol::without_last(&data.sequences))
+    } else {
+        protocol::split(&data.sequences)
+    };
     eprintln!(
         "data: {} items, {} users, {} interactions; {} users have a test case",
         data.items.len(),
@@ -340,6 +347,7 @@ pub async fn run(o: &EvalOptions) -> anyhow::Result<Report> {
             concurrency: o.concurrency,
             timeout_ms: o.timeout.as_millis(),
             shuffle_targets: o.shuffle_targets,
+            validation: o.validation,
             negatives: NEGATIVES,
             cold_fraction: COLD_FRACTION,
             train: o.train.clone(),
@@ -734,6 +742,13 @@ fn notes(r: &Report, data: &Dataset) -> Vec<String> {
             c.users
         ));
     }
+    if p.validation {
+        notes.push(
+            "validation split (--validation): each user's last item was dropped entirely; the target is the \
+             second-to-last item and signals were fitted on the items before it"
+                .into(),
+        );
+    }
     if p.shuffle_targets {
         notes.push(
             "targets were permuted across users (--shuffle-targets): nothing may beat a user-independent ranker. \
@@ -873,6 +888,7 @@ mod tests {
             ablation: true,
             cold: true,
             shuffle_targets: false,
+            validation: false,
             train: TrainParams::default(),
         }
     }

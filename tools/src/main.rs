@@ -177,6 +177,11 @@ struct EvalArgs {
     /// Permute targets across users (an honesty check: results must fall to chance).
     #[arg(long)]
     shuffle_targets: bool,
+    /// Validation split: predict each user's second-to-last item from the
+    /// items before it, never looking at the last one. Tune on this, report
+    /// the default (test) split.
+    #[arg(long)]
+    validation: bool,
     /// Also write the full report as JSON to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -215,6 +220,7 @@ impl EvalArgs {
             ablation: !self.skip_ablation,
             cold: !self.skip_cold,
             shuffle_targets: self.shuffle_targets,
+            validation: self.validation,
             train: self.params.params(),
         })
     }
@@ -269,6 +275,9 @@ enum Cmd {
         k: u32,
         #[command(flatten)]
         filter: FilterArgs,
+        /// Say why each item is here (source, history item, score terms).
+        #[arg(long)]
+        explain: bool,
     },
     /// Recommendations for a user and/or a history.
     Recommend {
@@ -288,6 +297,9 @@ enum Cmd {
         k: u32,
         #[command(flatten)]
         filter: FilterArgs,
+        /// Say why each item is here (source, history item, score terms).
+        #[arg(long)]
+        explain: bool,
     },
     /// Record an event (view, click, cart, purchase).
     Event {
@@ -425,7 +437,7 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
             print_hits(cli.json, r.get_ref());
         }
-        Cmd::Similar { id, k, filter } => {
+        Cmd::Similar { id, k, filter, explain } => {
             let mut client = connect(&cli.addr).await?;
             let r = client
                 .similar_items(pb::SimilarItemsRequest {
@@ -433,12 +445,13 @@ async fn main() -> anyhow::Result<()> {
                     k,
                     filter: filter.to_filter(),
                     with_items: true,
+                    explain,
                     ..Default::default()
                 })
                 .await?;
             print_hits(cli.json, r.get_ref());
         }
-        Cmd::Recommend { user, history, positive, negative, k, filter } => {
+        Cmd::Recommend { user, history, positive, negative, k, filter, explain } => {
             let mut client = connect(&cli.addr).await?;
             let r = client
                 .recommend(pb::RecommendRequest {
@@ -450,6 +463,7 @@ async fn main() -> anyhow::Result<()> {
                     filter: filter.to_filter(),
                     include_seen: false,
                     with_items: true,
+                    explain,
                     ..Default::default()
                 })
                 .await?;

@@ -19,6 +19,11 @@ pub fn response_json(r: &pb::SearchResponse) -> Value {
         "hits": r.hits.iter().map(|h| json!({
             "id": h.id, "score": h.score, "shard": h.shard,
             "item": h.item.as_ref().map(item_json),
+            "propensity": h.propensity,
+            "explanation": h.explanation.as_ref().map(|e| json!({
+                "source": e.source, "because_of": e.because_of, "content": e.content, "behaviour": e.behaviour,
+                "popularity": e.popularity, "freshness": e.freshness, "rules": e.rules, "feedback": e.feedback,
+            })),
         })).collect::<Vec<_>>(),
         "coverage": {"shards_asked": c.shards_asked, "shards_answered": c.shards_answered, "degraded": c.degraded},
     })
@@ -28,18 +33,31 @@ pub fn response_json(r: &pb::SearchResponse) -> Value {
 pub fn hits_table(r: &pb::SearchResponse) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(["#", "score", "id", "title", "category", "price"]);
+    let explained = r.hits.iter().any(|h| h.explanation.is_some());
+    let mut header = vec!["#", "score", "id", "title", "category", "price"];
+    if explained {
+        header.extend(["why", "because of"]);
+    }
+    t.set_header(header);
     for (i, h) in r.hits.iter().enumerate() {
         let a = h.item.as_ref().and_then(|it| it.attributes.clone()).unwrap_or_default();
         let title = h.item.as_ref().map(|it| it.title.as_str()).unwrap_or("");
-        t.add_row(vec![
+        let mut row = vec![
             Cell::new(i + 1).set_alignment(CellAlignment::Right),
             Cell::new(format!("{:.3}", h.score)).set_alignment(CellAlignment::Right),
             Cell::new(&h.id),
             Cell::new(truncate(title, 64)),
             Cell::new(a.category),
             Cell::new(a.price.map(|p| format!("{p:.2}")).unwrap_or_default()).set_alignment(CellAlignment::Right),
-        ]);
+        ];
+        if let Some(e) = h.explanation.as_ref() {
+            row.push(Cell::new(format!(
+                "{} (content {:.2}, behaviour {:.2}, popularity {:.2}, rules {:.2}, feedback {:.2})",
+                e.source, e.content, e.behaviour, e.popularity, e.rules, e.feedback
+            )));
+            row.push(Cell::new(&e.because_of));
+        }
+        t.add_row(row);
     }
     let c = r.coverage.unwrap_or_default();
     format!(

@@ -46,6 +46,12 @@ pub fn split(sequences: &[Vec<u32>]) -> Split {
     Split { train, cases }
 }
 
+/// Every sequence without its last item: the data of the validation split,
+/// in which the last item is never seen (not as target, history or training).
+pub fn without_last(sequences: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    sequences.iter().map(|s| s[..s.len().saturating_sub(1)].to_vec()).collect()
+}
+
 /// Independent random streams, so that e.g. asking for fewer users does not
 /// change which negatives a user gets.
 #[derive(Debug, Clone, Copy)]
@@ -226,6 +232,16 @@ mod tests {
         let mut all = sample_negatives(6, &user, 99, &mut rng(5, Stream::Negatives, 0));
         all.sort_unstable();
         assert_eq!(all, [0, 1, 2, 4, 5]);
+    }
+
+    #[test]
+    fn the_validation_split_never_sees_the_last_item() {
+        let seqs = vec![vec![1, 2, 3, 4], vec![5, 6, 7], vec![8, 9]];
+        let s = split(&without_last(&seqs));
+        assert_eq!(s.train, vec![vec![1, 2], vec![5], vec![]]);
+        let targets: Vec<u32> = s.cases.iter().map(|c| c.target).collect();
+        assert_eq!(targets, [3, 6], "second-to-last items; a two-item user has no validation case");
+        assert!(s.cases.iter().all(|c| !c.history.contains(&4) && !c.history.contains(&7)));
     }
 
     #[test]
