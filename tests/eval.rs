@@ -139,3 +139,31 @@ fn eval_on_real_beauty_users_beats_popularity() {
     assert!(full > 3.0 * popular, "full {full} vs popularity {popular}");
     assert!(cold_text > cold_pop, "content must carry cold items: {cold_text} vs {cold_pop}");
 }
+
+#[test]
+fn train_writes_signals_for_every_item() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path());
+    let out = dir.path().join("signals.jsonl");
+    let o = Command::new(bin_dir().join("vitrine"))
+        .args(["train", "--data"])
+        .arg(dir.path())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("running vitrine train");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(records.len(), 400, "one record per item, so re-training clears stale signals");
+    let with_neighbours = records.iter().filter(|r| r["neighbours"].as_array().is_some_and(|n| !n.is_empty())).count();
+    assert!(with_neighbours > 390, "{with_neighbours} of 400 items have neighbours");
+    for r in &records {
+        let p = r["popularity"].as_f64().expect("popularity");
+        assert!((0.0..=1.0).contains(&p), "{r}");
+    }
+    // Shards and the router rely on lists being strongest first.
+    let first = &records[0]["neighbours"];
+    let weights: Vec<f64> = first.as_array().unwrap().iter().map(|n| n["weight"].as_f64().unwrap()).collect();
+    assert!(weights.windows(2).all(|w| w[0] >= w[1]), "neighbours strongest first: {weights:?}");
+}

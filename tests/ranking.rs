@@ -103,7 +103,11 @@ async fn behavioural_neighbours_are_candidates_and_explained(ctx: &Ctx) -> Resul
 /// A user with no history gets the most popular items that pass the filter.
 async fn cold_users_get_popular_items(ctx: &Ctx) -> Result<()> {
     let mut c = connect(&ctx.url).await?;
-    let popular: Vec<&pb::Item> = ctx.items[100..105].iter().collect();
+    // Three popular items, then two of another category than the second, so
+    // that a filter excluding that category still leaves popular items.
+    let mut popular: Vec<&pb::Item> = ctx.items[100..103].iter().collect();
+    let second = category(ctx, &popular[1].id).to_string();
+    popular.extend(ctx.items[103..].iter().filter(|i| category(ctx, &i.id) != second).take(2));
     let entries: Vec<pb::ItemSignals> =
         popular.iter().enumerate().map(|(i, it)| signals(&it.id, &[], 0.99 - i as f32 * 0.01)).collect();
     c.update_signals(pb::UpdateSignalsRequest { signals: entries }).await?;
@@ -143,19 +147,30 @@ async fn rules_and_candidate_lists(ctx: &Ctx) -> Result<()> {
         pb::RecommendRequest { history: vec![anchor.id.clone()], k: 10, ranking: no_explore(), ..Default::default() };
     let plain = c.recommend(base.clone()).await?.into_inner();
     ensure!(plain.hits.iter().filter(|h| category(ctx, &h.id) == cat).count() >= 5, "history category should dominate");
-    let bury = pb::Rule { when: Some(build::matches("category", &[&cat])), boost: -100.0 };
-    let r = c.recommend(pb::RecommendRequest { rules: vec![bury], ..base.clone() }).await?.into_inner();
-    ensure!(r.hits.len() == 10 && r.hits.iter().all(|h| category(ctx, &h.id) != cat), "buried: {:?}", ids(&r));
+    ensure!(plain.hits.len() == 10);
 
-    // Boosts re-rank the retrieved candidates: lift a brand that is in the
-    // list but not on top.
-    let top_brand = brand_of(ctx, &plain.hits[0].id);
-    let lifted = plain.hits.iter().map(|h| brand_of(ctx, &h.id)).find(|b| *b != top_brand && !b.is_empty());
-    let lifted = lifted.context("every hit has the same brand")?;
-    let boost = pb::Rule { when: Some(build::matches("brand", &[&lifted])), boost: 100.0 };
+    // Rules re-rank the retrieved candidates. Bury the top hit's first tag:
+    // every hit with it sinks below every hit without it.
+    let top_tags = tags_of(ctx, &plain.hits[0].id);
+    let buried = top_tags.first().context("top hit has no tags")?.clone();
+    let bury = pb::Rule { when: Some(build::tag(&buried)), boost: -100.0 };
+    let r = c.recommend(pb::RecommendRequest { rules: vec![bury], ..base.clone() }).await?.into_inner();
+    ensure!(r.hits.len() == 10);
+    let has = |id: &str| tags_of(ctx, id).contains(&buried);
+    let first_buried = r.hits.iter().position(|h| has(&h.id)).unwrap_or(r.hits.len());
+    ensure!(first_buried > 0, "a buried item still leads: {:?}", ids(&r));
+    ensure!(r.hits[first_buried..].iter().all(|h| has(&h.id)), "buried {buried:?} items mixed in: {:?}", ids(&r));
+
+    // Boost a tag that some hit has and the top hit lacks: it leads.
+    let lifted = plain.hits[1..]
+        .iter()
+        .flat_map(|h| tags_of(ctx, &h.id))
+        .find(|t| !top_tags.contains(t))
+        .context("every hit has the top hit's tags")?;
+    let boost = pb::Rule { when: Some(build::tag(&lifted)), boost: 100.0 };
     let r = c.recommend(pb::RecommendRequest { rules: vec![boost], explain: true, ..base.clone() }).await?.into_inner();
     let top = r.hits.first().context("no hits")?;
-    ensure!(brand_of(ctx, &top.id) == lifted, "boosted brand {lifted:?} not first: {:?}", ids(&r));
+    ensure!(tags_of(ctx, &top.id).contains(&lifted), "boosted tag {lifted:?} not first: {:?}", ids(&r));
     ensure!(top.explanation.as_ref().is_some_and(|e| e.rules == 100.0));
 
     // Re-rank a given list: only those come back, best first.
@@ -168,12 +183,8 @@ async fn rules_and_candidate_lists(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-fn brand(it: &pb::Item) -> String {
-    it.attributes.as_ref().map_or(String::new(), |a| a.brand.clone())
-}
-
-fn brand_of(ctx: &Ctx, id: &str) -> String {
-    ctx.items.iter().find(|i| i.id == id).map(brand).unwrap_or_default()
+fn tags_of(ctx: &Ctx, id: &str) -> Vec<String> {
+    ctx.items.iter().find(|i| i.id == id).and_then(|i| i.attributes.as_ref()).map_or(Vec::new(), |a| a.tags.clone())
 }
 
 /// A lower MMR λ gives a more diverse list (lower mean pairwise cosine).
