@@ -6,7 +6,9 @@
 //! embedder and writes `base.f32`, `queries.f32` (raw little-endian f32) and
 //! `gt.u32` (exact top-10 by brute force) plus `meta.json`. `search` builds
 //! the index with the given M / ef_construction on one thread and reports
-//! build time, then recall@10 and single-thread QPS for each ef.
+//! build time, then recall@10 and single-thread QPS for each ef, first for
+//! `hnsw_rs` itself and then for its flattened copy (`vitrine_shard::flat`),
+//! whose lines also carry the time the copy took (`flatten_s`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use vitrine_shard::embed::{TextEmbedder, TextModelConfig};
-use vitrine_shard::index::{dot, HnswIndex, IndexParams, VectorIndex};
+use vitrine_shard::flat::FlatIndex;
+use vitrine_shard::index::{dot, HnswIndex, IndexParams, PointId, VectorIndex};
 
 #[derive(Parser)]
 struct Args {
@@ -70,6 +73,20 @@ fn read_f32(path: &Path, dim: usize) -> anyhow::Result<Vec<Vec<f32>>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let all: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     Ok(all.chunks_exact(dim).map(<[f32]>::to_vec).collect())
+}
+
+/// Runs every query once through `search` (top 10) on this thread; returns
+/// recall@10 against `gt` (10 ids per query) and queries per second.
+fn measure(queries: &[Vec<f32>], gt: &[u32], search: impl Fn(&[f32]) -> Vec<(PointId, f32)>) -> (f64, f64) {
+    let started = Instant::now();
+    let mut found = 0usize;
+    for (qi, q) in queries.iter().enumerate() {
+        let hits = search(q);
+        let truth = &gt[qi * 10..qi * 10 + 10];
+        found += hits.iter().filter(|(id, _)| truth.contains(&(*id as u32))).count();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    (found as f64 / (queries.len() * 10) as f64, queries.len() as f64 / secs)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -142,21 +159,24 @@ fn main() -> anyhow::Result<()> {
                 index.insert(i, v);
             }
             let build_s = started.elapsed().as_secs_f64();
-            for ef in ef {
-                let started = Instant::now();
-                let mut found = 0usize;
-                for (qi, q) in queries.iter().enumerate() {
-                    let hits = index.search(q, 10, ef, if filtered { Some(&|_| true) } else { None });
-                    let truth = &gt[qi * 10..qi * 10 + 10];
-                    found += hits.iter().filter(|(id, _)| truth.contains(&(*id as u32))).count();
-                }
-                let secs = started.elapsed().as_secs_f64();
+            let accept_all = |_: PointId| true;
+            let accept: Option<&dyn Fn(PointId) -> bool> = if filtered { Some(&accept_all) } else { None };
+            let path = if filtered { ", filtered path" } else { "" };
+            for &ef in &ef {
+                let (recall, qps) = measure(&queries, &gt, |q| index.search(q, 10, ef, accept));
                 println!(
-                    "{{\"engine\": \"vitrine (hnsw_rs{})\", \"n\": {}, \"m\": {m}, \"ef_construction\": {ef_construction}, \"ef\": {ef}, \"recall\": {:.4}, \"qps\": {:.0}, \"build_s\": {build_s:.2}}}",
-                    if filtered { ", filtered path" } else { "" },
+                    "{{\"engine\": \"vitrine (hnsw_rs{path})\", \"n\": {}, \"m\": {m}, \"ef_construction\": {ef_construction}, \"ef\": {ef}, \"recall\": {recall:.4}, \"qps\": {qps:.0}, \"build_s\": {build_s:.2}}}",
                     base.len(),
-                    found as f64 / (queries.len() * 10) as f64,
-                    queries.len() as f64 / secs
+                );
+            }
+            let started = Instant::now();
+            let flat = FlatIndex::from_hnsw(&index)?;
+            let flatten_s = started.elapsed().as_secs_f64();
+            for &ef in &ef {
+                let (recall, qps) = measure(&queries, &gt, |q| flat.search(q, 10, ef, accept));
+                println!(
+                    "{{\"engine\": \"vitrine (flat{path})\", \"n\": {}, \"m\": {m}, \"ef_construction\": {ef_construction}, \"ef\": {ef}, \"recall\": {recall:.4}, \"qps\": {qps:.0}, \"build_s\": {build_s:.2}, \"flatten_s\": {flatten_s:.3}}}",
+                    base.len(),
                 );
             }
         }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# ANN benchmark: Vitrine's shard index (hnsw_rs behind VectorIndex) against
-# hnswlib, in one run, on the same real vectors (MiniLM embeddings of product
-# titles from ../shared/data), the same M / ef_construction / ef grid, one
-# thread each, ground truth by brute force. Prints a table with QPS ratios.
+# ANN benchmark: Vitrine's shard index (hnsw_rs behind VectorIndex, and its
+# flattened read-only copy from shard/src/flat.rs) against hnswlib, in one
+# run, on the same real vectors (MiniLM embeddings of product titles from
+# ../shared/data), the same M / ef_construction / ef grid, one thread each,
+# ground truth by brute force. Prints a table with QPS ratios.
 # Usage: bash benches/run-ann.sh [M] [EF_CONSTRUCTION]
 set -euo pipefail
 M="${1:-16}"
@@ -26,13 +27,19 @@ target/release/vitrine-annbench search --dir "$dir" --m "$M" --ef-construction "
 python3 - "$out" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-v = {r["ef"]: r for r in rows if r["engine"].startswith("vitrine")}
+engines = list(dict.fromkeys(r["engine"] for r in rows if r["engine"].startswith("vitrine")))
 h = {r["ef"]: r for r in rows if r["engine"] == "hnswlib"}
-print(f"\nn={rows[0]['n']} M={rows[0]['m']} efC={rows[0]['ef_construction']}; build: vitrine {next(iter(v.values()))['build_s']} s, hnswlib {next(iter(h.values()))['build_s']} s")
-print("| ef | vitrine recall@10 | vitrine QPS | hnswlib recall@10 | hnswlib QPS | QPS ratio (vitrine/hnswlib) |")
-print("|---|---|---|---|---|---|")
-for ef in sorted(v):
-    a, b = v[ef], h.get(ef)
-    if b:
-        print(f"| {ef} | {a['recall']:.3f} | {a['qps']} | {b['recall']:.3f} | {b['qps']} | {a['qps']/b['qps']:.2f} |")
+first = next(r for r in rows if r["engine"].startswith("vitrine"))
+flat = next((r for r in rows if "flatten_s" in r), None)
+flatten = f" (+ {flat['flatten_s']} s to flatten)" if flat else ""
+hbuild = next(iter(h.values()))["build_s"] if h else "n/a"
+print(f"\nn={first['n']} M={first['m']} efC={first['ef_construction']}; build: vitrine {first['build_s']} s{flatten}, hnswlib {hbuild} s")
+print("| engine | ef | vitrine recall@10 | vitrine QPS | hnswlib recall@10 | hnswlib QPS | QPS ratio (vitrine/hnswlib) |")
+print("|---|---|---|---|---|---|---|")
+for engine in engines:
+    v = {r["ef"]: r for r in rows if r["engine"] == engine}
+    for ef in sorted(v):
+        a, b = v[ef], h.get(ef)
+        if b:
+            print(f"| {engine} | {ef} | {a['recall']:.3f} | {a['qps']} | {b['recall']:.3f} | {b['qps']} | {a['qps']/b['qps']:.2f} |")
 PY

@@ -69,6 +69,11 @@ impl HnswIndex {
             Hnsw::new(params.m, params.expected_points.max(1024), MAX_LAYERS, params.ef_construction, DistDot {});
         Self { graph }
     }
+
+    /// The `hnsw_rs` graph, for [`crate::flat::FlatIndex::from_hnsw`] to copy.
+    pub(crate) fn graph(&self) -> &Hnsw<'static, f32, DistDot> {
+        &self.graph
+    }
 }
 
 impl VectorIndex for HnswIndex {

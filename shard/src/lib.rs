@@ -4,6 +4,7 @@
 //! - [`embed`]: text → vector with ONNX Runtime.
 //! - [`batcher`]: dynamic batching of query embeddings.
 //! - [`index`]: the ANN graph behind the [`index::VectorIndex`] trait.
+//! - [`flat`]: a flattened, read-only copy of that graph for fast search.
 //! - [`catalog`]: items + index, tombstones, compaction, filtered search.
 //! - [`profiles`]: recent events per user.
 //! - [`wal`]: the write-ahead log and its replay.
@@ -14,6 +15,7 @@ pub mod batcher;
 pub mod catalog;
 pub mod config;
 pub mod embed;
+pub mod flat;
 pub mod index;
 pub mod profiles;
 pub mod service;
