@@ -234,6 +234,14 @@ pub fn event(e: &pb::Event, limits: &Limits) -> Result<(), InvalidInput> {
     }
 }
 
+/// Checks the number of entries (events, signals) in one write call.
+pub fn batch_len(what: &str, n: usize, limits: &Limits) -> Result<(), InvalidInput> {
+    if n > limits.max_batch {
+        return Err(InvalidInput::new(format!("{n} {what}; the limit is {} per call", limits.max_batch)));
+    }
+    Ok(())
+}
+
 /// Checks a list of ids (delete, get).
 pub fn ids(what: &str, ids: &[String], limits: &Limits) -> Result<(), InvalidInput> {
     if ids.len() > limits.max_batch {

@@ -214,8 +214,7 @@ impl Router {
             top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
             top.truncate(s.behaviour_candidates);
             let behaviour_ids: Vec<String> = top.iter().map(|(id, _)| id.to_string()).collect();
-            let explore_on = s.explore_epsilon > 0.0 && s.explore_slots > 0;
-            let depth = if explore_on { q.k + EXPLORE_POOL } else { q.k };
+            let depth = if explore_on(s) { q.k + EXPLORE_POOL } else { q.k };
             let ann_k = s.ann_candidates.max(depth).min(self.settings.limits.max_k);
             let want_ann = s.content > 0.0 && user.is_some();
             let want_popular = s.popularity > 0.0 || (user.is_none() && behaviour_ids.is_empty());
@@ -294,8 +293,7 @@ impl Router {
             }
         }
         rank::score_all(&mut cands, s);
-        let explore_on = s.explore_epsilon > 0.0 && s.explore_slots > 0;
-        let keep = if explore_on { q.k + EXPLORE_POOL } else { q.k };
+        let keep = if explore_on(s) { q.k + EXPLORE_POOL } else { q.k };
         let ranked = rank::mmr(cands, keep, s.diversity_lambda);
         let served = rank::explore(ranked, q.k, s.explore_slots, s.explore_epsilon, EXPLORE_POOL, &mut rand::rng());
 
@@ -339,6 +337,12 @@ impl Router {
         }
         Ok(pb::SearchResponse { hits, coverage: Some(coverage) })
     }
+}
+
+/// Whether the final slots are open to exploration (which needs a pool of
+/// ranked candidates past k).
+fn explore_on(s: &RankSettings) -> bool {
+    s.explore_epsilon > 0.0 && s.explore_slots > 0
 }
 
 /// The history item most similar to `v`.

@@ -573,13 +573,7 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         let deadline = r.write_deadline(&request);
         let signals = request.into_inner().signals;
         let limits = &r.settings.limits;
-        if signals.len() > limits.max_batch {
-            return Err(Status::invalid_argument(format!(
-                "{} signal entries; the limit is {} per call",
-                signals.len(),
-                limits.max_batch
-            )));
-        }
+        validate::batch_len("signal entries", signals.len(), limits)?;
         for s in &signals {
             validate::signals(s, limits)?;
         }
@@ -608,13 +602,7 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         let deadline = r.write_deadline(&request);
         let mut events = request.into_inner().events;
         let limits = &r.settings.limits;
-        if events.len() > limits.max_batch {
-            return Err(Status::invalid_argument(format!(
-                "{} events; the limit is {} per call",
-                events.len(),
-                limits.max_batch
-            )));
-        }
+        validate::batch_len("events", events.len(), limits)?;
         let now = now_ms();
         for e in &mut events {
             validate::event(e, limits)?;

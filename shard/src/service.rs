@@ -354,13 +354,7 @@ impl pb::shard_server::Shard for ShardService {
         );
         async move {
             let req = request.into_inner();
-            if req.events.len() > self.state.limits.max_batch {
-                return Err(Status::invalid_argument(format!(
-                    "{} events; the limit is {} per call",
-                    req.events.len(),
-                    self.state.limits.max_batch
-                )));
-            }
+            validate::batch_len("events", req.events.len(), &self.state.limits)?;
             for e in &req.events {
                 validate::event(e, &self.state.limits)?;
             }
@@ -384,13 +378,7 @@ impl pb::shard_server::Shard for ShardService {
         );
         async move {
             let req = request.into_inner();
-            if req.signals.len() > self.state.limits.max_batch {
-                return Err(Status::invalid_argument(format!(
-                    "{} signal entries; the limit is {} per call",
-                    req.signals.len(),
-                    self.state.limits.max_batch
-                )));
-            }
+            validate::batch_len("signal entries", req.signals.len(), &self.state.limits)?;
             for s in &req.signals {
                 validate::signals(s, &self.state.limits)?;
             }
