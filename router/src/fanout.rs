@@ -2,7 +2,7 @@
 //! the request deadline, and the search fan-out with coverage accounting.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use tonic::transport::{Channel, Endpoint};
@@ -20,6 +20,8 @@ pub struct ShardHandle {
     pub id: u32,
     pub address: String,
     client: ShardClient<Channel>,
+    /// `vitrine_shard_call_duration_seconds{shard}` of this shard.
+    call_seconds: prometheus::Histogram,
 }
 
 /// All shards plus the fan-out policy.
@@ -57,7 +59,8 @@ impl Shards {
             let client = ShardClient::new(endpoint.connect_lazy())
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes);
-            shards.push(ShardHandle { id: i as u32, address: addr.clone(), client });
+            let call_seconds = crate::metrics::get().shard_call_seconds.with_label_values(&[i.to_string()]);
+            shards.push(ShardHandle { id: i as u32, address: addr.clone(), client, call_seconds });
         }
         Ok(Self { shards, min_coverage: 0.5, topk_probability: 0.9999, next_embedder: AtomicUsize::new(0) })
     }
@@ -79,7 +82,8 @@ impl Shards {
     }
 
     /// Calls one shard within the deadline. Timeouts become DEADLINE_EXCEEDED
-    /// naming the shard; transport failures UNAVAILABLE.
+    /// naming the shard; transport failures UNAVAILABLE. Every call, however
+    /// it ends, is timed in `vitrine_shard_call_duration_seconds`.
     pub async fn call<T, Fut>(
         &self,
         shard: u32,
@@ -92,7 +96,10 @@ impl Shards {
         let handle = self.get(shard).ok_or_else(|| Status::internal(format!("no shard {shard}")))?;
         let budget = deadline.stage_budget();
         let fut = f(handle.client.clone(), budget);
-        match tokio::time::timeout(budget, fut).await {
+        let started = Instant::now();
+        let result = tokio::time::timeout(budget, fut).await;
+        handle.call_seconds.observe(started.elapsed().as_secs_f64());
+        match result {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => Err(annotate(status, handle)),
             Err(_) => Err(Status::deadline_exceeded(format!(
@@ -107,7 +114,8 @@ impl Shards {
     /// Sends a read to every shard and keeps what arrives before the deadline.
     /// Client errors (INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND) are
     /// returned as errors, since every shard would say the same; anything
-    /// else counts against coverage.
+    /// else counts against coverage. Shards asked and shards that answered
+    /// (a client error is an answer) add to the fan-out counters.
     pub async fn gather<T, Fut>(
         &self,
         deadline: Deadline,
@@ -124,15 +132,24 @@ impl Shards {
         let asked = results.len() as u32;
         let mut answers = Vec::with_capacity(results.len());
         let mut failures = Vec::new();
+        let mut client_error = None;
         for (id, r) in results {
             match r {
                 Ok(v) => answers.push((id, v)),
-                Err(s) if is_client_error(s.code()) => return Err(s),
+                Err(s) if is_client_error(s.code()) => {
+                    client_error.get_or_insert(s);
+                }
                 Err(s) => {
                     tracing::warn!(shard = id, code = ?s.code(), error = s.message(), "shard missing from fan-out");
                     failures.push(s.message().to_string());
                 }
             }
+        }
+        let m = crate::metrics::get();
+        m.fanout_asked.inc_by(u64::from(asked));
+        m.fanout_answered.inc_by((asked as usize - failures.len()) as u64);
+        if let Some(s) = client_error {
+            return Err(s);
         }
         let answered = answers.len() as u32;
         let coverage = pb::Coverage { shards_asked: asked, shards_answered: answered, degraded: answered < asked };

@@ -4,13 +4,15 @@
 //! ([`topk`]), merges their answers ([`merge`]). Recommendations run the
 //! [`pipeline`]: user vector by attention ([`recommend`]), candidates from
 //! the index, behavioural signals and popularity, then the global ranking
-//! phase ([`rank`]). [`service`] wires it to gRPC.
+//! phase ([`rank`]). [`service`] wires it to gRPC; [`metrics`] holds the
+//! router's Prometheus metrics.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod deadline;
 pub mod fanout;
 pub mod merge;
+pub mod metrics;
 pub mod pipeline;
 pub mod rank;
 pub mod recommend;
@@ -85,12 +87,24 @@ pub fn build(config: &RouterConfig) -> anyhow::Result<Arc<Router>> {
     Ok(Arc::new(Router::new(Arc::new(shards), topology, settings)))
 }
 
-/// Serves the public API (plus grpc.health.v1 and reflection) until `shutdown`.
+/// Serves the public API (plus grpc.health.v1 and reflection) until
+/// `shutdown`, and Prometheus metrics when `--metrics-addr` is set.
 pub async fn serve(
     config: &RouterConfig,
     router: Arc<Router>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    metrics::init();
+    let _metrics = match config.metrics_addr {
+        Some(addr) => {
+            let exporter = vitrine_metrics::Exporter::bind(addr, vitrine_metrics::registry().clone())
+                .await
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            tracing::info!(metrics = %exporter.local_addr()?, "router metrics at /metrics");
+            Some(exporter.spawn())
+        }
+        None => None,
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::vitrine_server::VitrineServer<VitrineService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -102,7 +116,15 @@ pub async fn serve(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     tracing::info!(listen = %config.listen, shards = config.shards.len(), "router serving");
+    let requests = vitrine_metrics::RequestMetricsLayer::new(
+        vitrine_metrics::RequestMetrics::global(),
+        pb::vitrine_server::SERVICE_NAME,
+        pb::methods::VITRINE,
+    );
     tonic::transport::Server::builder()
+        // The first layer is the outermost: request metrics record the status
+        // code after `status` has corrected it, as the client receives it.
+        .layer(requests)
         .layer(tower::util::MapResponseLayer::new(status::oversize_is_resource_exhausted))
         .add_service(health)
         .add_service(reflection)

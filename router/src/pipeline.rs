@@ -296,6 +296,9 @@ impl Router {
         let keep = if explore_on(s) { q.k + EXPLORE_POOL } else { q.k };
         let ranked = rank::mmr(cands, keep, s.diversity_lambda);
         let served = rank::explore(ranked, q.k, s.explore_slots, s.explore_epsilon, EXPLORE_POOL, &mut rand::rng());
+        let m = crate::metrics::get();
+        m.served_slots.inc_by(served.len() as u64);
+        m.explore_slots.inc_by(rank::explored_slots(&served) as u64);
 
         // A request that opts out of the feedback term (evaluation, previews)
         // does not feed the learner either.

@@ -222,6 +222,9 @@ pub fn mmr(cands: Vec<Candidate>, k: usize, lambda: f32) -> Vec<Candidate> {
     out
 }
 
+/// `explanation.source` of a slot that exploration filled.
+pub const EXPLORED: &str = "explore";
+
 /// Fills the top `k` slots from `ranked` (best first), exploring in the last
 /// `slots` of them: each explored slot takes, with probability ε, a uniformly
 /// random candidate among those not yet shown (from the next `pool` ranked
@@ -249,11 +252,18 @@ pub fn explore(
             if pick == 0 { (1.0 - if rest.len() > 1 { epsilon } else { 0.0 }) + p_random } else { p_random };
         let mut c = rest.remove(pick);
         if explore && pick != 0 {
-            c.explanation.source = "explore".to_string();
+            c.explanation.source = EXPLORED.to_string();
         }
         out.push((c, propensity));
     }
     out
+}
+
+/// How many of the served slots exploration filled with another item than
+/// the best remaining one (an exploring draw that lands on that item changes
+/// nothing a shopper sees, so it does not count).
+pub fn explored_slots(served: &[(Candidate, f32)]) -> usize {
+    served.iter().filter(|(c, _)| c.explanation.source == EXPLORED).count()
 }
 
 /// Click and purchase rates learnt online from feedback: impressions are
@@ -399,6 +409,26 @@ mod tests {
         }
         let rate = greedy as f64 / trials as f64;
         assert!((rate - 0.55).abs() < 0.02, "greedy item shown at rate {rate}, propensity says 0.55");
+    }
+
+    #[test]
+    fn explored_slots_are_those_exploration_changed() {
+        let mk = |n: usize| (0..n).map(|i| cand(&format!("i{i:02}"), 1.0 - i as f32 / 100.0, 0.0, None)).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        assert_eq!(explored_slots(&explore(mk(20), 5, 2, 0.0, 10, &mut rng)), 0);
+        let mut explored = 0;
+        for _ in 0..1000 {
+            let served = explore(mk(20), 5, 2, 1.0, 10, &mut rng);
+            let n = explored_slots(&served);
+            assert!(n <= 2, "only the last 2 slots explore");
+            assert!(served[..3].iter().all(|(c, _)| c.explanation.source != EXPLORED));
+            explored += n;
+        }
+        // ε = 1 over pools of 10 and then 9 candidates: a slot draws its
+        // greedy item again with probability 1/10 or 1/9, so about 89% of
+        // the exploring slots show another item.
+        let rate = explored as f64 / 2000.0;
+        assert!((0.86..0.93).contains(&rate), "explored rate {rate}");
     }
 
     #[test]

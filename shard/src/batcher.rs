@@ -6,7 +6,8 @@
 //! session) takes the first waiting query and every other query already
 //! queued; if there were others, it keeps collecting for at most
 //! `max_delay` or until `max_batch`. It drops queries whose deadline passed
-//! while they waited and embeds the rest in one call.
+//! while they waited and embeds the rest in one call. Queue time per query,
+//! compute time and size per batch go to `crate::metrics`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -135,9 +136,11 @@ fn worker(
             }
         }
         queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        let metrics = crate::metrics::get();
         let now = Instant::now();
         let (live, expired): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.deadline > now);
         for job in expired {
+            metrics.embed_queue_seconds.observe((now - job.enqueued).as_secs_f64());
             stats.expired.fetch_add(1, Ordering::Relaxed);
             let _ = job.reply.send(Err(BatchError::DeadlineExpired(now - job.enqueued)));
         }
@@ -146,7 +149,12 @@ fn worker(
         }
         let texts: Vec<&str> = live.iter().map(|j| j.text.as_str()).collect();
         let started = Instant::now();
+        for job in &live {
+            metrics.embed_queue_seconds.observe((started - job.enqueued).as_secs_f64());
+        }
         let result = embedder.embed(&texts);
+        metrics.embed_compute_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.embed_batch_size.observe(live.len() as f64);
         tracing::debug!(
             batch = live.len(),
             compute_us = started.elapsed().as_micros() as u64,

@@ -7,15 +7,20 @@
 //! threshold the graph is rebuilt from the live points on a background thread
 //! while searches keep using the old graph; writes that land during the
 //! rebuild are replayed into the new graph just before it is swapped in.
+//!
+//! The index is a [`ServingIndex`]: inserts go to the `hnsw_rs` graph,
+//! searches to its flattened copy plus the points inserted since.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
 use vitrine_proto::{pb, Filter};
 
-use crate::index::{dot, HnswIndex, IndexParams, PointId, VectorIndex};
+use crate::index::{dot, IndexParams, PointId, VectorIndex};
+use crate::serving::{FlattenPolicy, ServingIndex};
 
 /// An item as the shard keeps it: the wire item without image and vector
 /// bytes, plus its unit vector.
@@ -50,7 +55,10 @@ impl Default for CompactionPolicy {
 
 struct State {
     by_id: HashMap<String, PointId>,
-    points: HashMap<PointId, Arc<StoredItem>>,
+    /// Keyed by point number with Fx hashing: the search predicate looks a
+    /// point up for every graph node it visits, and SipHash there cost as
+    /// much as the distance computations (measured with perf).
+    points: FxHashMap<PointId, Arc<StoredItem>>,
     index: Arc<dyn VectorIndex>,
     next_point: PointId,
     tombstones: usize,
@@ -96,11 +104,11 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new(dimension: usize, params: IndexParams, policy: CompactionPolicy) -> Self {
-        let index: Arc<dyn VectorIndex> = Arc::new(HnswIndex::new(&params));
+        let index: Arc<dyn VectorIndex> = Arc::new(ServingIndex::new(&params, FlattenPolicy::default()));
         Self {
             state: RwLock::new(State {
                 by_id: HashMap::new(),
-                points: HashMap::new(),
+                points: FxHashMap::default(),
                 index,
                 next_point: 0,
                 tombstones: 0,
@@ -179,7 +187,20 @@ impl Catalog {
             hits.truncate(k);
             return SearchOutcome { hits, exact: true };
         }
-        let accept = |pid: PointId| s.points.get(&pid).is_some_and(|it| constraint.accepts(it));
+        // The predicate runs on every visited node, so it works on point
+        // numbers: exclusions are resolved to the items' current points once
+        // (older points of an excluded id are tombstones, rejected anyway),
+        // and the live map is consulted only when tombstones or a filter
+        // make it necessary.
+        let mut excluded: Vec<PointId> = constraint.exclude.iter().filter_map(|id| s.by_id.get(*id).copied()).collect();
+        excluded.sort_unstable();
+        let accept = |pid: PointId| {
+            excluded.binary_search(&pid).is_err()
+                && match constraint.filter {
+                    None => s.tombstones == 0 || s.points.contains_key(&pid),
+                    Some(f) => s.points.get(&pid).is_some_and(|it| f.matches(it.item.attributes.as_ref())),
+                }
+        };
         let ef = self.params.ef_search.max(k);
         // Without tombstones or constraints every point is acceptable, and
         // the graph's unfiltered search is cheaper.
@@ -188,9 +209,10 @@ impl Catalog {
             .index
             .search(query, k, ef, if unconstrained { None } else { Some(&accept) })
             .into_iter()
+            // Re-check: the graph's filter is only a hint (and the unfiltered
+            // path used no predicate at all).
+            .filter(|(pid, _)| accept(*pid))
             .filter_map(|(pid, _)| s.points.get(&pid))
-            // Re-check: the graph's filter is only a hint.
-            .filter(|it| constraint.accepts(it))
             .map(|it| Hit { score: dot(query, &it.vector), item: Arc::clone(it) })
             .collect();
         let mut exact = false;
@@ -228,10 +250,15 @@ impl Catalog {
             let live: Vec<(PointId, Arc<StoredItem>)> = s.points.iter().map(|(p, it)| (*p, Arc::clone(it))).collect();
             (live, s.next_point)
         };
-        let fresh = HnswIndex::new(&IndexParams { expected_points: snapshot.len().max(1024), ..self.params.clone() });
+        let fresh = ServingIndex::new(
+            &IndexParams { expected_points: snapshot.len().max(1024), ..self.params.clone() },
+            FlattenPolicy::default(),
+        );
         for (pid, it) in &snapshot {
             fresh.insert(*pid, &it.vector);
         }
+        // Swap in a graph that already serves from its flat copy.
+        fresh.flatten_now();
         let mut s = self.state.write();
         // Points written while we were building.
         let mut late: Vec<(PointId, Arc<StoredItem>)> =
@@ -285,7 +312,7 @@ const SELECTIVITY_SAMPLE: usize = 256;
 
 /// Estimated number of live items a constraint accepts, from a sample of
 /// the map (whose iteration order is unrelated to the attributes).
-fn estimated_matches(points: &HashMap<PointId, Arc<StoredItem>>, constraint: &Constraint<'_>) -> usize {
+fn estimated_matches(points: &FxHashMap<PointId, Arc<StoredItem>>, constraint: &Constraint<'_>) -> usize {
     let n = points.len();
     if n <= EXACT_SCAN_MAX {
         return n;
@@ -296,7 +323,7 @@ fn estimated_matches(points: &HashMap<PointId, Arc<StoredItem>>, constraint: &Co
     (accepted * n).div_ceil(sampled)
 }
 
-fn exact_scan(points: &HashMap<PointId, Arc<StoredItem>>, query: &[f32], constraint: &Constraint<'_>) -> Vec<Hit> {
+fn exact_scan(points: &FxHashMap<PointId, Arc<StoredItem>>, query: &[f32], constraint: &Constraint<'_>) -> Vec<Hit> {
     points
         .values()
         .filter(|it| constraint.accepts(it))

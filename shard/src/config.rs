@@ -14,6 +14,10 @@ pub struct ShardConfig {
     /// Address to serve the internal gRPC API on.
     #[arg(long, env = "VITRINE_SHARD_LISTEN", default_value = "127.0.0.1:50061")]
     pub listen: SocketAddr,
+    /// Address to serve Prometheus metrics on (`GET /metrics`, plain HTTP),
+    /// e.g. 0.0.0.0:9090. Unset: no metrics listener.
+    #[arg(long, env = "VITRINE_SHARD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// This shard's number (shown in results and ClusterInfo).
     #[arg(long, env = "VITRINE_SHARD_ID", default_value_t = 0)]
     pub shard_id: u32,

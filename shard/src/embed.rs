@@ -65,6 +65,10 @@ impl TextModelConfig {
     }
 }
 
+/// The ONNX Runtime execution provider sessions are built with: the default
+/// CPU one (the shipped runtime library has no other).
+const EXECUTION_PROVIDER: &str = "cpu";
+
 /// ONNX Runtime allows one environment per process, bound to the library it
 /// was loaded from; every model shares it.
 static ENVIRONMENT: parking_lot::Mutex<Option<(PathBuf, ort::environment::Environment)>> =
@@ -93,6 +97,8 @@ pub struct TextEmbedder {
     name: String,
     takes_token_type_ids: bool,
     max_batch: usize,
+    /// `vitrine_embed_requests_total{provider}` of this model's provider.
+    requests: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for TextEmbedder {
@@ -152,11 +158,12 @@ impl TextEmbedder {
             name: cfg.name.clone(),
             takes_token_type_ids,
             max_batch: cfg.max_batch.max(1),
+            requests: crate::metrics::get().embed_requests.with_label_values(&[EXECUTION_PROVIDER]),
         };
         let probe = embedder.embed_chunk(&["probe"]).map_err(|e| model_err(format!("probe inference failed: {e}")))?;
         embedder.dimension = probe[0].len();
         tracing::info!(model = %embedder.name, dimension = embedder.dimension, sessions = embedder.sessions.len(),
-            intra_threads = cfg.intra_threads, provider = "cpu", "text model loaded");
+            intra_threads = cfg.intra_threads, provider = EXECUTION_PROVIDER, "text model loaded");
         Ok(Arc::new(embedder))
     }
 
@@ -172,12 +179,14 @@ impl TextEmbedder {
 
     /// The execution provider in use.
     pub fn execution_provider(&self) -> &'static str {
-        "cpu"
+        EXECUTION_PROVIDER
     }
 
     /// Embeds texts; returns one unit vector per text, in order. Texts are
     /// sorted by length before batching so that a batch pads little.
+    /// Each text counts in `vitrine_embed_requests_total`.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.requests.inc_by(texts.len() as u64);
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| texts[i].len());
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];

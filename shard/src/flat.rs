@@ -225,6 +225,12 @@ impl FlatIndex {
         Ok(Self { dim, vectors, external, layers })
     }
 
+    /// External ids of the copied points, in dense order.
+    #[cfg(test)]
+    pub(crate) fn point_ids(&self) -> &[PointId] {
+        &self.external
+    }
+
     /// Points copied.
     pub fn len(&self) -> usize {
         self.external.len()
@@ -238,6 +244,18 @@ impl FlatIndex {
     /// Vector length; 0 for an empty index.
     pub fn dimension(&self) -> usize {
         self.dim
+    }
+
+    /// Heap bytes this copy holds (the capacities of its vectors, id map and
+    /// adjacency tables), so benchmarks can report its memory per vector next
+    /// to the RSS growth of the `hnsw_rs` graph it was copied from. Excludes
+    /// the per-thread search scratch (4 bytes per point per searching thread).
+    pub fn memory_bytes(&self) -> usize {
+        let layers: usize = self.layers.iter().map(|l| l.data.capacity() * size_of::<u32>()).sum();
+        self.vectors.capacity() * size_of::<f32>()
+            + self.external.capacity() * size_of::<PointId>()
+            + self.layers.capacity() * size_of::<Layer>()
+            + layers
     }
 
     /// Up to `k` points the predicate accepts (all when `None`), best first,

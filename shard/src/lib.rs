@@ -5,10 +5,12 @@
 //! - [`batcher`]: dynamic batching of query embeddings.
 //! - [`index`]: the ANN graph behind the [`index::VectorIndex`] trait.
 //! - [`flat`]: a flattened, read-only copy of that graph for fast search.
+//! - [`serving`]: graph for inserts + flat copy and delta for searches.
 //! - [`catalog`]: items + index, tombstones, compaction, filtered search.
 //! - [`profiles`]: recent events per user.
 //! - [`wal`]: the write-ahead log and its replay.
 //! - [`service`]: the internal gRPC API the router calls.
+//! - [`metrics`]: the shard's Prometheus metrics.
 #![forbid(unsafe_code)]
 
 pub mod batcher;
@@ -17,8 +19,10 @@ pub mod config;
 pub mod embed;
 pub mod flat;
 pub mod index;
+pub mod metrics;
 pub mod profiles;
 pub mod service;
+pub mod serving;
 pub mod signals;
 pub mod wal;
 
@@ -131,12 +135,25 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     Ok(state)
 }
 
-/// Serves the shard until `shutdown` resolves.
+/// Serves the shard until `shutdown` resolves, and Prometheus metrics when
+/// `--metrics-addr` is set.
 pub async fn serve(
     config: &ShardConfig,
     state: Arc<ShardState>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    metrics::init();
+    let _metrics = match config.metrics_addr {
+        Some(addr) => {
+            let exporter = vitrine_metrics::Exporter::bind(addr, vitrine_metrics::registry().clone())
+                .await
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            tracing::info!(metrics = %exporter.local_addr()?, shard = config.shard_id, "shard metrics at /metrics");
+            let state = Arc::clone(&state);
+            Some(exporter.on_scrape(move || metrics::refresh(&state)).spawn())
+        }
+        None => None,
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::shard_server::ShardServer<ShardService>>().await;
     let max = config.max_message_mib << 20;
@@ -144,7 +161,13 @@ pub async fn serve(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     tracing::info!(listen = %config.listen, shard = config.shard_id, "shard serving");
+    let requests = vitrine_metrics::RequestMetricsLayer::new(
+        vitrine_metrics::RequestMetrics::global(),
+        pb::shard_server::SERVICE_NAME,
+        pb::methods::SHARD,
+    );
     tonic::transport::Server::builder()
+        .layer(requests)
         .add_service(health)
         .add_service(svc)
         .serve_with_shutdown(config.listen, shutdown)

@@ -11,6 +11,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use prost::Message;
 use vitrine_proto::pb;
@@ -150,12 +151,14 @@ impl Wal {
             file.sync_all().map_err(io)?;
         }
         file.seek(SeekFrom::Start(offset as u64)).map_err(io)?;
+        crate::metrics::get().wal_bytes.set(offset as i64);
         Ok((Self { file, path: path.to_path_buf(), next_seq, fsync, bytes: offset as u64 }, replay))
     }
 
     /// Appends one record; durable per the fsync policy when this returns.
     /// On failure the file is cut back to its previous length so a partial
-    /// frame cannot sit in the middle of later records.
+    /// frame cannot sit in the middle of later records. Updates
+    /// `vitrine_wal_bytes` and times the fsync in `vitrine_wal_fsync_seconds`.
     pub fn append(&mut self, record: &WalRecord) -> Result<u64, WalError> {
         let payload = record.encode_to_vec();
         let seq = self.next_seq;
@@ -165,8 +168,14 @@ impl Wal {
         frame.extend_from_slice(&seq.to_le_bytes());
         frame.extend_from_slice(&payload);
         let io = |source| WalError::Io { path: self.path.clone(), source };
+        let metrics = crate::metrics::get();
         let result = self.file.write_all(&frame).and_then(|_| match self.fsync {
-            FsyncPolicy::Always => self.file.sync_data(),
+            FsyncPolicy::Always => {
+                let started = Instant::now();
+                let synced = self.file.sync_data();
+                metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+                synced
+            }
             FsyncPolicy::Never => Ok(()),
         });
         if let Err(e) = result {
@@ -176,6 +185,7 @@ impl Wal {
         }
         self.bytes += frame.len() as u64;
         self.next_seq += 1;
+        metrics.wal_bytes.set(self.bytes as i64);
         Ok(seq)
     }
 }
@@ -238,6 +248,23 @@ mod tests {
         wal.append(&rec(10)).unwrap();
         let (_, replay) = Wal::open(&p, FsyncPolicy::Always, false).unwrap();
         assert_eq!(replay.records.len(), 11);
+    }
+
+    #[test]
+    fn appends_are_measured() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wal.log");
+        let fsyncs = || crate::metrics::get().wal_fsync_seconds.get_sample_count();
+        let before = fsyncs();
+        let (mut wal, _) = Wal::open(&p, FsyncPolicy::Always, false).unwrap();
+        for i in 0..3 {
+            wal.append(&rec(i)).unwrap();
+        }
+        // Other tests append in parallel, so at least ours were counted.
+        assert!(fsyncs() >= before + 3);
+        let (mut wal, _) = Wal::open(&p, FsyncPolicy::Never, false).unwrap();
+        wal.append(&rec(3)).unwrap();
+        assert_eq!(wal.bytes, std::fs::metadata(&p).unwrap().len());
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! The binaries are the ones `cargo build --workspace --bins` put in the
 //! target directory (override with `VITRINE_BIN_DIR`); the model is the one
 //! `scripts/fetch-models.sh` fetched. `scripts/test.sh` does both first.
+//!
+//! [`scrape`] reads a process's Prometheus metrics when the cluster was
+//! started [`Options::with_metrics`].
+
+pub mod scrape;
+pub use scrape::{scrape, Metrics};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -102,11 +108,20 @@ pub struct Options {
     pub shards: usize,
     pub router_args: Vec<String>,
     pub shard_args: Vec<String>,
+    /// Give every process a metrics port (`--metrics-addr` on loopback);
+    /// see [`Cluster::router_metrics`] and [`Cluster::shard_metrics`].
+    pub metrics: bool,
 }
 
 impl Options {
     pub fn shards(n: usize) -> Self {
-        Self { shards: n, router_args: Vec::new(), shard_args: Vec::new() }
+        Self { shards: n, router_args: Vec::new(), shard_args: Vec::new(), metrics: false }
+    }
+
+    /// These options with a metrics port for every process.
+    pub fn with_metrics(mut self) -> Self {
+        self.metrics = true;
+        self
     }
 }
 
@@ -115,6 +130,12 @@ pub struct Cluster {
     shards: Vec<Proc>,
     router: Proc,
     pub router_addr: String,
+    /// The shards' gRPC addresses, in shard order.
+    pub shard_addrs: Vec<String>,
+    /// The router's metrics address, when started with metrics.
+    pub router_metrics: Option<String>,
+    /// The shards' metrics addresses, in shard order (empty without metrics).
+    pub shard_metrics: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -126,6 +147,12 @@ impl Cluster {
         let bins = bin_dir();
         let mut shards = Vec::new();
         let mut addrs = Vec::new();
+        let mut shard_metrics = Vec::new();
+        let metrics_arg = |list: &mut Vec<String>, args: &mut Vec<String>| {
+            let addr = format!("127.0.0.1:{}", free_port());
+            args.extend(["--metrics-addr".to_string(), addr.clone()]);
+            list.push(addr);
+        };
         for i in 0..opts.shards {
             let addr = format!("127.0.0.1:{}", free_port());
             let mut args = vec![
@@ -140,6 +167,9 @@ impl Cluster {
                 "--ort-lib".into(),
                 ort.display().to_string(),
             ];
+            if opts.metrics {
+                metrics_arg(&mut shard_metrics, &mut args);
+            }
             args.extend(opts.shard_args.iter().cloned());
             let mut p = Proc {
                 name: format!("shard {i}"),
@@ -158,6 +188,10 @@ impl Cluster {
             args.push("--shard".into());
             args.push(a.clone());
         }
+        let mut router_metrics = Vec::new();
+        if opts.metrics {
+            metrics_arg(&mut router_metrics, &mut args);
+        }
         args.extend(opts.router_args.iter().cloned());
         let mut router = Proc {
             name: "router".into(),
@@ -167,7 +201,15 @@ impl Cluster {
             child: None,
         };
         router.start();
-        let mut c = Self { shards, router, router_addr, _dir: dir };
+        let mut c = Self {
+            shards,
+            router,
+            router_addr,
+            shard_addrs: addrs,
+            router_metrics: router_metrics.pop(),
+            shard_metrics,
+            _dir: dir,
+        };
         c.wait_serving(opts.shards as u32);
         c
     }

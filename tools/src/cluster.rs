@@ -20,6 +20,15 @@ pub struct ClusterOptions {
     pub ort_lib: PathBuf,
     /// Where `vitrine-shard` and `vitrine-router` are (default: next to this binary).
     pub bin_dir: PathBuf,
+    /// Prometheus metrics: the router on this port, shard i on port + 1 + i.
+    pub metrics_port: Option<u16>,
+}
+
+impl ClusterOptions {
+    /// The metrics port of shard `i`, or of the router for `None`.
+    fn metrics_port(&self, shard: Option<u32>) -> Option<u16> {
+        self.metrics_port.map(|p| (p as u32 + shard.map_or(0, |i| 1 + i)) as u16)
+    }
 }
 
 /// Running child processes. Dropping it kills them.
@@ -51,7 +60,9 @@ impl LocalCluster {
     pub async fn start(o: &ClusterOptions) -> anyhow::Result<Self> {
         // A cluster already running on these ports would answer our readiness
         // probe while our own processes die on bind: refuse up front.
-        for port in std::iter::once(o.port).chain((0..o.shards).map(|i| (o.port as u32 + 10 + i) as u16)) {
+        let grpc_ports = std::iter::once(o.port).chain((0..o.shards).map(|i| (o.port as u32 + 10 + i) as u16));
+        let metrics_ports = std::iter::once(None).chain((0..o.shards).map(Some)).filter_map(|s| o.metrics_port(s));
+        for port in grpc_ports.chain(metrics_ports) {
             std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| {
                 format!("port {port} is in use (another cluster running?); choose another with --port")
             })?;
@@ -63,7 +74,7 @@ impl LocalCluster {
         for i in 0..o.shards {
             let addr = format!("127.0.0.1:{}", o.port as u32 + 10 + i);
             let log = logs.join(format!("shard-{i}.log"));
-            let args = vec![
+            let mut args = vec![
                 "--listen".into(),
                 addr.clone(),
                 "--shard-id".into(),
@@ -75,6 +86,9 @@ impl LocalCluster {
                 "--ort-lib".into(),
                 o.ort_lib.display().to_string(),
             ];
+            if let Some(port) = o.metrics_port(Some(i)) {
+                args.extend(["--metrics-addr".into(), format!("127.0.0.1:{port}")]);
+            }
             children.push((format!("shard {i}"), spawn(&o.bin_dir.join("vitrine-shard"), &args, &log)?, log));
             shard_addrs.push(addr);
         }
@@ -84,6 +98,9 @@ impl LocalCluster {
         for a in &shard_addrs {
             args.push("--shard".into());
             args.push(a.clone());
+        }
+        if let Some(port) = o.metrics_port(None) {
+            args.extend(["--metrics-addr".into(), format!("127.0.0.1:{port}")]);
         }
         children.push(("router".into(), spawn(&o.bin_dir.join("vitrine-router"), &args, &log)?, log));
         let mut cluster = Self { children, router_addr };

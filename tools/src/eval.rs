@@ -382,6 +382,7 @@ pub async fn run(o: &EvalOptions) -> anyhow::Result<Report> {
                 model_dir: spec.model_dir.clone(),
                 ort_lib: spec.ort_lib.clone(),
                 bin_dir: spec.bin_dir.clone(),
+                metrics_port: None,
             };
             eprintln!("starting a router and {} shards in {} ...", spec.shards, dir.path().display());
             let t = Instant::now();

@@ -252,6 +252,10 @@ enum Cmd {
         /// Stop the cluster after the demo instead of staying up.
         #[arg(long)]
         exit_after_demo: bool,
+        /// Serve Prometheus metrics: the router's on this port, shard i's on
+        /// port + 1 + i (all on 127.0.0.1, at /metrics).
+        #[arg(long)]
+        metrics_port: Option<u16>,
     },
     /// Load items from a JSONL catalogue (see demo/README.md for the format).
     Load {
@@ -369,9 +373,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Cmd::Cluster { shards, port, data_dir, model_dir, ort_lib, no_demo, exit_after_demo } => {
+        Cmd::Cluster { shards, port, data_dir, model_dir, ort_lib, no_demo, exit_after_demo, metrics_port } => {
             let bin_dir = bin_dir()?;
-            let opts = cluster::ClusterOptions { shards, port, data_dir, model_dir, ort_lib, bin_dir };
+            let opts = cluster::ClusterOptions { shards, port, data_dir, model_dir, ort_lib, bin_dir, metrics_port };
             println!("starting a router and {shards} shards (logs in {}) ...", opts.data_dir.join("logs").display());
             let cluster = cluster::LocalCluster::start(&opts).await?;
             let addr = format!("http://{}", cluster.router_addr);
@@ -396,6 +400,9 @@ async fn main() -> anyhow::Result<()> {
                 "\nVitrine is up: gRPC router at {} (service vitrine.v1.Vitrine, reflection enabled).",
                 cluster.router_addr
             );
+            if let Some(p) = metrics_port {
+                println!("Metrics: http://127.0.0.1:{p}/metrics (router), ports {}.. (shards).", p as u32 + 1);
+            }
             println!("Try:  target/release/vitrine search \"linen summer dress\" --max-price 80");
             println!("      target/release/vitrine recommend --history demo-0228,demo-0232");
             println!("Press Ctrl-C to stop.");

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# End-to-end and scale benchmark: a local cluster (router + shards as
+# separate processes on loopback, release build) loaded with N items, then
+# closed-loop and fixed-rate Search-by-vector and Recommend through the
+# public gRPC API, for every (shards, items) pair asked for. Vectors: the real
+# MiniLM title vectors (written by benches/run-ann.sh), topped up with
+# synthetic ones around them (benches/peers/synth_vectors.py) past ~42k.
+# Prints one line per run and a markdown table at the end.
+#
+# Usage: bash benches/run-e2e.sh [SHARDS=1,2,4] [ITEMS=10000,100000] [SECONDS=10]
+#   e.g. bash benches/run-e2e.sh 2 100000 10
+set -euo pipefail
+SHARDS="${1:-1,2,4}"
+ITEMS="${2:-10000,100000}"
+SECONDS_PER_RUN="${3:-10}"
+source "$(dirname "$0")/peers/setup.sh"
+bench_setup vitrine-loadgen numpy==2.3.5
+cargo build --release --locked --bins
+
+dir="$root/.cache/bench/titles-minilm"
+if [[ ! -f "$dir/base.f32" ]]; then
+  echo "no title vectors at $dir: run bash benches/run-ann.sh once first" >&2
+  exit 1
+fi
+work="$(mktemp -d)"
+results="$work/results.txt"
+cluster_pid=""
+cleanup() {
+  [[ -n "$cluster_pid" ]] && kill "$cluster_pid" 2>/dev/null && wait "$cluster_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+port=56051
+IFS=, read -ra shard_list <<<"$SHARDS"
+IFS=, read -ra item_list <<<"$ITEMS"
+for n in "${item_list[@]}"; do
+  vectors="$root/.cache/bench/e2e-$n.f32"
+  [[ -f "$vectors" ]] || "$venv/bin/python" benches/peers/synth_vectors.py --base "$dir/base.f32" --n "$n" --out "$vectors"
+  for s in "${shard_list[@]}"; do
+    data="$work/cluster-$s-$n"
+    target/release/vitrine cluster --shards "$s" --no-demo --port "$port" --data-dir "$data" >"$work/cluster.log" 2>&1 &
+    cluster_pid=$!
+    for _ in $(seq 1 600); do
+      grep -q "Vitrine is up" "$work/cluster.log" && break
+      kill -0 "$cluster_pid" 2>/dev/null || { cat "$work/cluster.log"; exit 1; }
+      sleep 0.2
+    done
+    addr="http://127.0.0.1:$port"
+    lg() { target/release/vitrine-loadgen --addr "$addr" --duration "$SECONDS_PER_RUN" "$@" | sed "s/^/shards=$s /" | tee -a "$results"; }
+    lg --mode search-vector --concurrency 8 --seed-items "$n" --seed-from "$vectors" --queries "$dir/queries.f32"
+    lg --mode search-vector --concurrency 8 --rate 1000 --queries "$dir/queries.f32"
+    lg --mode recommend --concurrency 8 --items "$n"
+    lg --mode recommend --concurrency 8 --rate 1000 --items "$n"
+    # Text search one at a time: compare its p99 with the bare embedding
+    # latency of benches/run-embed.sh (the query is embedded on one shard).
+    lg --mode search-text --concurrency 1
+    kill "$cluster_pid" && wait "$cluster_pid" 2>/dev/null || true
+    cluster_pid=""
+    rm -rf "$data"
+    port=$((port + 100))
+  done
+done
+
+python3 - "$results" <<'PY'
+import re, sys
+rows = [dict(re.findall(r"(\S+?)=(\S+)", l)) for l in open(sys.argv[1])]
+print("\n| shards | items | workload | offered | QPS | p50 | p99 | p99.9 | errors |")
+print("|---|---|---|---|---|---|---|---|---|")
+for r in rows:
+    offered = f"closed loop, {r['concurrency']} in flight" if r["rate"] == "max" else f"{r['rate']} req/s"
+    print(f"| {r['shards']} | {int(r['items']):,} | {r['mode']} | {offered} | {float(r['qps']):,.0f} | {r['p50']} | {r['p99']} | {r['p99.9']} | {r['errors']} |")
+PY

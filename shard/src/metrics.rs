@@ -1,0 +1,127 @@
+//! The shard's own Prometheus metrics. Request counts and latencies of the
+//! `Shard` service come from `vitrine_metrics::grpc`, wrapped around the
+//! server in `serve`; docs/OPERATIONS.md lists every metric.
+
+use std::sync::LazyLock;
+
+use prometheus::{Histogram, IntCounterVec, IntGauge};
+
+use crate::service::ShardState;
+
+/// Seconds a query waits for its batch: 50 µs (an idle shard) to 1 s (the
+/// router's default read deadline; a query past it is dropped).
+const QUEUE_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+/// Seconds one model call takes: about 5 ms for one short title to a few
+/// hundred ms for a full batch of long texts on one CPU thread.
+const COMPUTE_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+/// Queries per batch: powers of two up to the largest `--batch-max-size`
+/// worth setting (throughput stops improving past ~32 on CPU).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+/// Seconds per fsync: 50 µs (NVMe with a write cache) to 1 s (a saturated
+/// network volume).
+const FSYNC_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+pub(crate) struct ShardMetrics {
+    /// Per query: from entering the batcher's queue to its batch starting
+    /// (or to being dropped because its deadline passed).
+    pub embed_queue_seconds: Histogram,
+    /// Per batch: the model call.
+    pub embed_compute_seconds: Histogram,
+    /// Per batch: queries in it.
+    pub embed_batch_size: Histogram,
+    /// Texts embedded (queries and item texts), by execution provider.
+    pub embed_requests: IntCounterVec,
+    /// Live items in the index (set on scrape).
+    pub index_items: IntGauge,
+    /// Deleted or replaced items still in the graph (set on scrape).
+    pub index_tombstones: IntGauge,
+    /// Size of the write-ahead log (set by the log).
+    pub wal_bytes: IntGauge,
+    /// Per append with `--fsync always`: the fsync.
+    pub wal_fsync_seconds: Histogram,
+}
+
+static METRICS: LazyLock<ShardMetrics> = LazyLock::new(|| ShardMetrics {
+    embed_queue_seconds: vitrine_metrics::histogram(
+        "vitrine_embed_queue_seconds",
+        "Time a query waited in the embedding batcher's queue",
+        QUEUE_BUCKETS,
+    ),
+    embed_compute_seconds: vitrine_metrics::histogram(
+        "vitrine_embed_compute_seconds",
+        "Time of one batched model call for queries",
+        COMPUTE_BUCKETS,
+    ),
+    embed_batch_size: vitrine_metrics::histogram(
+        "vitrine_embed_batch_size",
+        "Queries per batched model call",
+        BATCH_BUCKETS,
+    ),
+    embed_requests: vitrine_metrics::counter_vec(
+        "vitrine_embed_requests_total",
+        "Texts embedded by the model (queries and items), by ONNX Runtime execution provider",
+        &["provider"],
+    ),
+    index_items: vitrine_metrics::gauge("vitrine_index_items", "Live items in this shard's index"),
+    index_tombstones: vitrine_metrics::gauge(
+        "vitrine_index_tombstones",
+        "Deleted or replaced items still in this shard's graph, until compaction",
+    ),
+    wal_bytes: vitrine_metrics::gauge("vitrine_wal_bytes", "Size of this shard's write-ahead log in bytes"),
+    wal_fsync_seconds: vitrine_metrics::histogram(
+        "vitrine_wal_fsync_seconds",
+        "Time of one write-ahead log fsync",
+        FSYNC_BUCKETS,
+    ),
+});
+
+pub(crate) fn get() -> &'static ShardMetrics {
+    &METRICS
+}
+
+/// Registers every shard metric, so that the first scrape shows them all
+/// (at zero) rather than only those already touched.
+pub fn init() {
+    LazyLock::force(&METRICS);
+}
+
+/// Sets the gauges read from the shard's state; runs before every scrape.
+/// Reading on demand costs a read lock per scrape instead of work on every
+/// write, and stays right when background compaction drops tombstones.
+pub fn refresh(state: &ShardState) {
+    let m = get();
+    m.index_items.set(state.catalog.len() as i64);
+    m.index_tombstones.set(state.catalog.tombstones() as i64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shard_metric_is_exposed_after_init() {
+        init();
+        get().embed_requests.with_label_values(&["cpu"]);
+        let text = vitrine_metrics::render(vitrine_metrics::registry());
+        for name in [
+            "vitrine_embed_queue_seconds",
+            "vitrine_embed_compute_seconds",
+            "vitrine_embed_batch_size",
+            "vitrine_embed_requests_total",
+            "vitrine_index_items",
+            "vitrine_index_tombstones",
+            "vitrine_wal_bytes",
+            "vitrine_wal_fsync_seconds",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_shard_methods_come_from_the_proto() {
+        use vitrine_proto::pb::methods::SHARD;
+        assert!(SHARD.contains(&"Upsert") && SHARD.contains(&"Embed") && SHARD.contains(&"Info"), "{SHARD:?}");
+    }
+}
