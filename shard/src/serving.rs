@@ -143,7 +143,7 @@ impl ServingIndex {
             return (Vec::new(), Path::FlatAndDelta);
         }
         let mut hits = view.flat.as_ref().map(|f| f.search(query, k, ef, accept)).unwrap_or_default();
-        if !view.delta.is_empty() && query.len() == self.dimension(&view) {
+        if !view.delta.is_empty() && query.len() == view.dimension() {
             hits.extend(
                 view.delta
                     .iter()
@@ -158,13 +158,15 @@ impl ServingIndex {
         }
         (hits, Path::FlatAndDelta)
     }
+}
 
+impl View {
     /// The dimension of stored vectors: the copy's, or the first delta
     /// point's before any copy exists.
-    fn dimension(&self, view: &View) -> usize {
-        match &view.flat {
+    fn dimension(&self) -> usize {
+        match &self.flat {
             Some(f) if !f.is_empty() => f.dimension(),
-            _ => view.delta.first().map_or(0, |(_, v)| v.len()),
+            _ => self.delta.first().map_or(0, |(_, v)| v.len()),
         }
     }
 }

@@ -14,16 +14,8 @@ cd "$root"
 
 venv="$root/.cache/chart-venv"
 pins=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 yamllint==1.38.0 pytest==9.2.0 pyyaml==6.0.4 jsonschema==4.26.0)
-stamp="$venv/.vitrine-chart-tests"
-
-if [[ ! -x "$venv/bin/python" ]]; then
-  python3 -m venv "$venv"
-fi
-if [[ ! -f "$stamp" || "$(cat "$stamp")" != "${pins[*]}" ]]; then
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    --only-binary=:all: "${pins[@]}"
-  printf '%s' "${pins[*]}" >"$stamp"
-fi
+source "$root/scripts/venv.sh"
+pinned_venv "$venv" "${pins[@]}"
 
 # -p no:cacheprovider: no .pytest_cache left in the work tree.
 exec "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/chart "$@"

@@ -14,16 +14,8 @@ cd "$root"
 
 venv="$root/.cache/venv"
 pins=(grpcio==1.85.1 grpcio-tools==1.85.1 protobuf==7.36.2 pytest==9.2.0 onnxruntime==1.31.1 tokenizers==0.22.2 numpy==2.3.5)
-stamp="$venv/.vitrine-python-tests"
-
-if [[ ! -x "$venv/bin/python" ]]; then
-  python3 -m venv "$venv"
-fi
-if [[ ! -f "$stamp" || "$(cat "$stamp")" != "${pins[*]}" ]]; then
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    --only-binary=:all: "${pins[@]}"
-  printf '%s' "${pins[*]}" >"$stamp"
-fi
+source "$root/scripts/venv.sh"
+pinned_venv "$venv" "${pins[@]}"
 
 gen="tests/python/gen"
 rm -rf "$gen"
