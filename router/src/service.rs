@@ -659,4 +659,41 @@ impl pb::vitrine_server::Vitrine for VitrineService {
             coverage: Some(pb::Coverage { shards_asked: asked, shards_answered: answered, degraded: answered < asked }),
         }))
     }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
+        let r = &self.router;
+        // A snapshot of a large shard takes seconds: the write timeout, not
+        // the read one, bounds it unless the client sets a deadline.
+        let deadline = r.write_deadline(&request);
+        let calls = r.shards.all().iter().map(|h| {
+            r.shards.call(h.id, deadline, |mut c, budget| {
+                let mut req = Request::new(pb::CreateSnapshotRequest {});
+                req.set_timeout(budget);
+                async move { c.snapshot(req).await }
+            })
+        });
+        let results = join_all(calls).instrument(request_span("CreateSnapshot")).await;
+        if results.is_empty() {
+            return Err(Status::failed_precondition("the router has no shards"));
+        }
+        let shards = r
+            .shards
+            .all()
+            .iter()
+            .zip(results)
+            .map(|(h, result)| match result {
+                Ok(mut info) => {
+                    info.shard = h.id;
+                    info
+                }
+                Err(status) => {
+                    pb::SnapshotInfo { shard: h.id, error: status.message().to_string(), ..Default::default() }
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::CreateSnapshotResponse { shards }))
+    }
 }

@@ -31,6 +31,13 @@ pub struct StoredItem {
 }
 
 impl StoredItem {
+    /// The stored form of a logged item; `None` when it carries no vector
+    /// (the shard embeds before logging, so logged items always have one).
+    pub fn from_wire(mut item: pb::Item) -> Option<Self> {
+        let vector = item.vector.take()?.values;
+        Some(Self { item, vector })
+    }
+
     pub fn id(&self) -> &str {
         &self.item.id
     }
@@ -155,6 +162,46 @@ impl Catalog {
         }
     }
 
+    /// Loads items into an empty catalogue with one parallel graph build
+    /// (recovery from a snapshot); into a non-empty one, upserts them.
+    pub fn restore(&self, items: Vec<StoredItem>) {
+        if !self.is_empty() || self.tombstones() > 0 {
+            return self.upsert(items);
+        }
+        let mut by_id = HashMap::with_capacity(items.len());
+        let mut points = FxHashMap::default();
+        points.reserve(items.len());
+        let mut next_point = 0;
+        for item in items {
+            let pid = next_point;
+            next_point += 1;
+            if let Some(old) = by_id.insert(item.item.id.clone(), pid) {
+                // A snapshot holds each id once; tolerate repeats as updates.
+                points.remove(&old);
+            }
+            points.insert(pid, Arc::new(item));
+        }
+        let mut order: Vec<(PointId, &[f32])> = points.iter().map(|(p, it)| (*p, it.vector.as_slice())).collect();
+        order.sort_unstable_by_key(|(p, _)| *p);
+        let index = ServingIndex::build(
+            &IndexParams { expected_points: points.len().max(1024), ..self.params.clone() },
+            FlattenPolicy::default(),
+            &order,
+        );
+        drop(order);
+        // Replaced repeats were never inserted into the graph: no tombstones.
+        *self.state.write() = State { by_id, points, index: Arc::new(index), next_point, tombstones: 0 };
+    }
+
+    /// Every live item in insertion order (snapshots).
+    pub fn export(&self) -> Vec<Arc<StoredItem>> {
+        let s = self.state.read();
+        let mut items: Vec<(PointId, Arc<StoredItem>)> = s.points.iter().map(|(p, it)| (*p, Arc::clone(it))).collect();
+        drop(s);
+        items.sort_unstable_by_key(|(p, _)| *p);
+        items.into_iter().map(|(_, it)| it).collect()
+    }
+
     /// Deletes items; returns how many existed.
     pub fn delete(&self, ids: &[String]) -> usize {
         let mut s = self.state.write();
@@ -250,15 +297,15 @@ impl Catalog {
             let live: Vec<(PointId, Arc<StoredItem>)> = s.points.iter().map(|(p, it)| (*p, Arc::clone(it))).collect();
             (live, s.next_point)
         };
-        let fresh = ServingIndex::new(
+        // Built (on all cores) and flattened before the swap, so it serves
+        // from its flat copy at once.
+        let points: Vec<(PointId, &[f32])> = snapshot.iter().map(|(p, it)| (*p, it.vector.as_slice())).collect();
+        let fresh = ServingIndex::build(
             &IndexParams { expected_points: snapshot.len().max(1024), ..self.params.clone() },
             FlattenPolicy::default(),
+            &points,
         );
-        for (pid, it) in &snapshot {
-            fresh.insert(*pid, &it.vector);
-        }
-        // Swap in a graph that already serves from its flat copy.
-        fresh.flatten_now();
+        drop(points);
         let mut s = self.state.write();
         // Points written while we were building.
         let mut late: Vec<(PointId, Arc<StoredItem>)> =
@@ -364,6 +411,34 @@ mod tests {
             (0..n).map(|i| item(&format!("i{i}"), if i % 10 == 0 { "rare" } else { "common" }, &mut rng)).collect();
         c.upsert(items.clone());
         (c, items)
+    }
+
+    #[test]
+    fn an_exported_catalogue_restores_to_the_same_items_and_answers() {
+        let (c, items) = catalog(800, CompactionPolicy::default());
+        let gone: Vec<String> = items.iter().step_by(7).map(|i| i.item.id.clone()).collect();
+        c.delete(&gone);
+        let mut renamed = items[1].clone();
+        renamed.item.title = "renamed".into();
+        c.upsert(vec![renamed.clone()]);
+        let exported = c.export();
+        assert_eq!(exported.len(), c.len());
+        let restored = Catalog::new(DIM, IndexParams::default(), CompactionPolicy::default());
+        restored.restore(exported.iter().map(|it| (**it).clone()).collect());
+        assert_eq!((restored.len(), restored.tombstones()), (c.len(), 0));
+        assert_eq!(restored.get(renamed.id()).map(|it| it.item.title.clone()).as_deref(), Some("renamed"));
+        for it in &exported {
+            assert_eq!(restored.get(it.id()).as_deref(), Some(&**it));
+            let out = restored.search(&it.vector, 10, &Constraint::default());
+            assert!(out.hits.iter().any(|h| h.item.id() == it.id()), "{} not found by its own vector", it.id());
+        }
+        // Writes after a restore continue with fresh point numbers.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let extra = item("after-restore", "common", &mut rng);
+        restored.upsert(vec![extra.clone(), renamed.clone()]);
+        assert_eq!(restored.len(), c.len() + 1);
+        assert_eq!(restored.tombstones(), 1);
+        assert!(restored.search(&extra.vector, 1, &Constraint::default()).hits[0].item.id() == "after-restore");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub struct ShardConfig {
     /// This shard's number (shown in results and ClusterInfo).
     #[arg(long, env = "VITRINE_SHARD_ID", default_value_t = 0)]
     pub shard_id: u32,
-    /// Directory for the write-ahead log.
+    /// Directory for the write-ahead log segments and the snapshots.
     #[arg(long, env = "VITRINE_SHARD_DATA_DIR", default_value = "data/shard-0")]
     pub data_dir: PathBuf,
     /// Directory with the text model's `model.onnx` and `tokenizer.json`.
@@ -66,9 +66,27 @@ pub struct ShardConfig {
     /// ... and there are at least this many tombstones.
     #[arg(long, env = "VITRINE_SHARD_COMPACT_MIN", default_value_t = 1000)]
     pub compact_min: usize,
-    /// When WAL appends reach the disk.
+    /// When WAL appends reach the disk (docs/RELIABILITY.md): `always`
+    /// (fsync per write), `group` (writers share an fsync every
+    /// --fsync-group-ms; same guarantee) or `never` (the OS flushes; survives
+    /// a process crash, not a power loss).
     #[arg(long, env = "VITRINE_SHARD_FSYNC", value_enum, default_value = "always")]
     pub fsync: FsyncPolicy,
+    /// Interval of the shared fsync under `--fsync group`, in milliseconds.
+    #[arg(long, env = "VITRINE_SHARD_FSYNC_GROUP_MS", default_value_t = 2)]
+    pub fsync_group_ms: u64,
+    /// Write a snapshot (and cut the WAL) once this many bytes of WAL were
+    /// written since the last one; 0: only on request (`vitrine snapshot`).
+    #[arg(long, env = "VITRINE_SHARD_SNAPSHOT_WAL_BYTES", default_value_t = 256 << 20)]
+    pub snapshot_wal_bytes: u64,
+    /// Snapshots kept; with 2 or more a damaged newest snapshot is survived
+    /// by falling back to the previous one and a longer WAL replay.
+    #[arg(long, env = "VITRINE_SHARD_SNAPSHOTS_KEEP", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub snapshots_keep: u16,
+    /// On SIGTERM: how long to report NOT_SERVING (refusing new requests)
+    /// before closing the listener, so load balancers stop sending first.
+    #[arg(long, env = "VITRINE_SHARD_DRAIN_MS", default_value_t = 0)]
+    pub drain_ms: u64,
     /// Drop a corrupt WAL record and everything after it instead of refusing to start.
     #[arg(long, env = "VITRINE_SHARD_REPAIR_WAL")]
     pub repair_wal: bool,

@@ -70,6 +70,14 @@ impl HnswIndex {
         Self { graph }
     }
 
+    /// Inserts many points on all cores (rayon, inside `hnsw_rs`): recovery
+    /// and compaction build whole graphs, where one thread would leave the
+    /// other cores idle.
+    pub fn insert_parallel(&self, points: &[(PointId, &[f32])]) {
+        let data: Vec<(&[f32], usize)> = points.iter().map(|&(id, v)| (v, id)).collect();
+        self.graph.parallel_insert_slice(&data);
+    }
+
     /// The `hnsw_rs` graph, for [`crate::flat::FlatIndex::from_hnsw`] to copy.
     pub(crate) fn graph(&self) -> &Hnsw<'static, f32, DistDot> {
         &self.graph

@@ -8,7 +8,9 @@
 //! - [`serving`]: graph for inserts + flat copy and delta for searches.
 //! - [`catalog`]: items + index, tombstones, compaction, filtered search.
 //! - [`profiles`]: recent events per user.
-//! - [`wal`]: the write-ahead log and its replay.
+//! - [`wal`]: the write-ahead log (segments, fsync policies) and its replay.
+//! - [`snapshot`]: checksummed snapshots of the whole state.
+//! - [`store`]: recovery (snapshot + log) and taking snapshots.
 //! - [`service`]: the internal gRPC API the router calls.
 //! - [`metrics`]: the shard's Prometheus metrics.
 #![forbid(unsafe_code)]
@@ -24,23 +26,30 @@ pub mod profiles;
 pub mod service;
 pub mod serving;
 pub mod signals;
+pub mod snapshot;
+pub mod store;
 pub mod wal;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use parking_lot::Mutex;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Status};
 use vitrine_proto::{pb, Limits};
 
-use catalog::{Catalog, CompactionPolicy};
+use catalog::{Catalog, CompactionPolicy, StoredItem};
 pub use config::ShardConfig;
 use embed::{TextEmbedder, TextModelConfig};
 use index::IndexParams;
 use service::{ShardService, ShardState};
-use wal::Wal;
+use store::{SnapshotPolicy, Snapshots};
+use wal::WalOptions;
 
-/// Loads the model, replays the log and returns the shard's state.
+/// Loads the model, recovers the state (newest valid snapshot, then the log
+/// after it) and returns it.
 pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     let started = Instant::now();
     // hnsw_rs calls process::exit on M > 256; refuse such settings here instead.
@@ -78,15 +87,19 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     };
     let policy = CompactionPolicy { min_tombstones: config.compact_min, max_tombstone_ratio: config.compact_ratio };
     let catalog = Arc::new(Catalog::new(dimension, params, policy));
-    let wal_path = config.data_dir.join("wal.log");
-    let (wal, replay) = Wal::open(&wal_path, config.fsync, config.repair_wal)?;
+    let wal_options = WalOptions {
+        fsync: config.fsync,
+        group_interval: Duration::from_millis(config.fsync_group_ms.max(1)),
+        repair: config.repair_wal,
+    };
+    let recovered = store::recover(&config.data_dir, wal_options)?;
     let batcher = match &embedder {
         Some(e) => Some(
             batcher::Batcher::start(
                 Arc::clone(e),
                 batcher::BatcherConfig {
                     max_batch: config.batch_max_size.max(1),
-                    max_delay: std::time::Duration::from_micros(config.batch_max_delay_us),
+                    max_delay: Duration::from_micros(config.batch_max_delay_us),
                     max_queue: config.batch_max_queue,
                     workers: config.embed_sessions.max(1),
                 },
@@ -95,29 +108,53 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         ),
         None => None,
     };
+    let snapshot_policy =
+        SnapshotPolicy { after_wal_bytes: config.snapshot_wal_bytes, keep: usize::from(config.snapshots_keep) };
+    let snapshot_seq = recovered.snapshot.as_ref().map_or(0, |s| s.seq);
     let state = Arc::new(ShardState {
         shard_id: config.shard_id,
         batcher,
         catalog,
         profiles: profiles::Profiles::new(config.profile_events),
         signals: signals::SignalStore::default(),
-        wal: Mutex::new(wal),
+        wal: Mutex::new(recovered.wal),
+        snapshots: Snapshots::new(&config.data_dir, snapshot_policy, snapshot_seq),
         embedder,
         limits: Limits::default(),
     });
-    let records = replay.records.len();
-    for record in replay.records {
+    let mut snapshot_items = 0;
+    if let Some(snap) = &recovered.snapshot {
+        let loading = Instant::now();
+        let mut items = Vec::new();
+        let mut bad = None;
+        let manifest = snapshot::load(snap, |record| match record.op {
+            Some(wal::Op::Upsert(req)) => {
+                if bad.is_none() {
+                    bad = wrong_dimension(&req, dimension);
+                }
+                items.extend(req.items.into_iter().filter_map(StoredItem::from_wire));
+            }
+            _ => state.apply(record),
+        })?;
+        if let Some(msg) = bad {
+            anyhow::bail!("{}: {msg}; the snapshot was written with another model", snap.path.display());
+        }
+        snapshot_items = items.len();
+        let read_ms = loading.elapsed().as_millis() as u64;
+        state.catalog.restore(items);
+        tracing::info!(
+            seq = manifest.seq,
+            items = snapshot_items,
+            read_ms,
+            index_ms = loading.elapsed().as_millis() as u64 - read_ms,
+            "snapshot loaded"
+        );
+    }
+    let records = recovered.replay.records.len();
+    for record in recovered.replay.records {
         if let Some(wal::Op::Upsert(req)) = &record.op {
-            if let Some(bad) =
-                req.items.iter().find(|it| it.vector.as_ref().is_some_and(|v| v.values.len() != dimension))
-            {
-                anyhow::bail!(
-                    "{}: item {:?} has a {}-dimensional vector but the model gives {dimension}; \
-                     the log was written with another model",
-                    wal_path.display(),
-                    bad.id,
-                    bad.vector.as_ref().map_or(0, |v| v.values.len())
-                );
+            if let Some(msg) = wrong_dimension(req, dimension) {
+                anyhow::bail!("{}: {msg}; the log was written with another model", config.data_dir.display());
             }
         }
         state.apply(record);
@@ -125,14 +162,29 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     state.catalog.maybe_compact_in_background();
     tracing::info!(
         shard = config.shard_id,
-        records,
+        snapshot_seq,
+        snapshot_items,
+        wal_records = records,
+        last_seq = recovered.replay.last_seq,
         items = state.catalog.len(),
         users = state.profiles.len(),
-        torn_bytes = replay.torn_bytes,
+        torn_bytes = recovered.replay.torn_bytes,
+        repaired_bytes = recovered.replay.repaired_bytes,
+        quarantined_snapshots = recovered.quarantined.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "shard recovered"
     );
     Ok(state)
+}
+
+/// Why an upsert's vectors cannot belong to this shard's model, if they cannot.
+fn wrong_dimension(req: &pb::ShardUpsertRequest, dimension: usize) -> Option<String> {
+    let bad = req.items.iter().find(|it| it.vector.as_ref().is_some_and(|v| v.values.len() != dimension))?;
+    Some(format!(
+        "item {:?} has a {}-dimensional vector but the model gives {dimension}",
+        bad.id,
+        bad.vector.as_ref().map_or(0, |v| v.values.len())
+    ))
 }
 
 /// Serves the shard until `shutdown` resolves, and Prometheus metrics when
@@ -154,12 +206,38 @@ pub async fn serve(
         }
         None => None,
     };
+    type Server = pb::shard_server::ShardServer<ShardService>;
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<pb::shard_server::ShardServer<ShardService>>().await;
+    health_reporter.set_serving::<Server>().await;
     let max = config.max_message_mib << 20;
-    let svc = pb::shard_server::ShardServer::new(ShardService::new(state))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let draining = Arc::new(AtomicBool::new(false));
+    let refuse_when_draining = {
+        let draining = Arc::clone(&draining);
+        move |request: Request<()>| {
+            if draining.load(Ordering::Acquire) {
+                Err(Status::unavailable("shard is shutting down; retry on another replica or later"))
+            } else {
+                Ok(request)
+            }
+        }
+    };
+    let svc = InterceptedService::new(
+        Server::new(ShardService::new(Arc::clone(&state)))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        refuse_when_draining,
+    );
+    let drain = Duration::from_millis(config.drain_ms);
+    // Graceful shutdown: NOT_SERVING and refuse new requests, wait out the
+    // drain period, then let tonic close the listener and finish what is
+    // in flight; the WAL is flushed after the last request returned.
+    let stop = async move {
+        shutdown.await;
+        tracing::info!(drain_ms = drain.as_millis() as u64, "shutting down: refusing new requests");
+        draining.store(true, Ordering::Release);
+        health_reporter.set_not_serving::<Server>().await;
+        tokio::time::sleep(drain).await;
+    };
     tracing::info!(listen = %config.listen, shard = config.shard_id, "shard serving");
     let requests = vitrine_metrics::RequestMetricsLayer::new(
         vitrine_metrics::RequestMetrics::global(),
@@ -170,9 +248,13 @@ pub async fn serve(
         .layer(requests)
         .add_service(health)
         .add_service(svc)
-        .serve_with_shutdown(config.listen, shutdown)
+        .serve_with_shutdown(config.listen, stop)
         .await
-        .with_context(|| format!("serving on {}", config.listen))
+        .with_context(|| format!("serving on {}", config.listen))?;
+    let wal = state.wal.lock();
+    wal.sync().context("flushing the WAL at shutdown")?;
+    tracing::info!(last_seq = wal.last_seq(), "in-flight requests finished and the WAL is flushed");
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

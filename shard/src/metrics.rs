@@ -20,6 +20,8 @@ const COMPUTE_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 /// Seconds per fsync: 50 µs (NVMe with a write cache) to 1 s (a saturated
 /// network volume).
+/// Seconds: a few thousand items take milliseconds, a million several seconds.
+const SNAPSHOT_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 const FSYNC_BUCKETS: &[f64] =
     &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
@@ -39,8 +41,15 @@ pub(crate) struct ShardMetrics {
     pub index_tombstones: IntGauge,
     /// Size of the write-ahead log (set by the log).
     pub wal_bytes: IntGauge,
-    /// Per append with `--fsync always`: the fsync.
+    /// Per fsync of the log (per append under `always`, per shared flush
+    /// under `group`).
     pub wal_fsync_seconds: Histogram,
+    /// Snapshots attempted, by result (`ok`, `error`).
+    pub snapshots: IntCounterVec,
+    /// Time to capture and write one snapshot.
+    pub snapshot_seconds: Histogram,
+    /// Sequence number of the last record in the log (set on scrape).
+    pub wal_last_seq: IntGauge,
 }
 
 static METRICS: LazyLock<ShardMetrics> = LazyLock::new(|| ShardMetrics {
@@ -75,6 +84,20 @@ static METRICS: LazyLock<ShardMetrics> = LazyLock::new(|| ShardMetrics {
         "Time of one write-ahead log fsync",
         FSYNC_BUCKETS,
     ),
+    snapshots: vitrine_metrics::counter_vec(
+        "vitrine_snapshots_total",
+        "Snapshots of this shard's state, by result",
+        &["result"],
+    ),
+    snapshot_seconds: vitrine_metrics::histogram(
+        "vitrine_snapshot_seconds",
+        "Time to capture and write one snapshot",
+        SNAPSHOT_BUCKETS,
+    ),
+    wal_last_seq: vitrine_metrics::gauge(
+        "vitrine_wal_last_seq",
+        "Sequence number of the last record in this shard's write-ahead log",
+    ),
 });
 
 pub(crate) fn get() -> &'static ShardMetrics {
@@ -84,7 +107,10 @@ pub(crate) fn get() -> &'static ShardMetrics {
 /// Registers every shard metric, so that the first scrape shows them all
 /// (at zero) rather than only those already touched.
 pub fn init() {
-    LazyLock::force(&METRICS);
+    let m = LazyLock::force(&METRICS);
+    for result in ["ok", "error"] {
+        m.snapshots.with_label_values(&[result]);
+    }
 }
 
 /// Sets the gauges read from the shard's state; runs before every scrape.
@@ -94,6 +120,7 @@ pub fn refresh(state: &ShardState) {
     let m = get();
     m.index_items.set(state.catalog.len() as i64);
     m.index_tombstones.set(state.catalog.tombstones() as i64);
+    m.wal_last_seq.set(state.wal.lock().last_seq() as i64);
 }
 
 #[cfg(test)]
@@ -114,6 +141,9 @@ mod tests {
             "vitrine_index_tombstones",
             "vitrine_wal_bytes",
             "vitrine_wal_fsync_seconds",
+            "vitrine_snapshots_total",
+            "vitrine_snapshot_seconds",
+            "vitrine_wal_last_seq",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing from\n{text}");
         }

@@ -38,6 +38,12 @@ impl Profiles {
         self.users.read().get(user_id).map(|h| h.iter().cloned().collect()).unwrap_or_default()
     }
 
+    /// Every stored event, each user's oldest first: appending them to an
+    /// empty store rebuilds this one (snapshots).
+    pub fn export(&self) -> Vec<pb::Event> {
+        self.users.read().values().flat_map(|h| h.iter().cloned()).collect()
+    }
+
     /// Users with at least one event.
     pub fn len(&self) -> usize {
         self.users.read().len()

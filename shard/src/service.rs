@@ -16,7 +16,8 @@ use crate::embed::TextEmbedder;
 use crate::index::dot;
 use crate::profiles::Profiles;
 use crate::signals::SignalStore;
-use crate::wal::{Op, Wal, WalError, WalRecord};
+use crate::store::{Captured, Snapshots, StoreError, Written};
+use crate::wal::{Op, Wal, WalRecord};
 
 /// Everything one shard owns.
 pub struct ShardState {
@@ -28,6 +29,8 @@ pub struct ShardState {
     /// The log doubles as the write serialiser: holding it across append and
     /// apply makes the in-memory order equal the replay order.
     pub wal: Mutex<Wal>,
+    /// Snapshot policy and bookkeeping.
+    pub snapshots: Snapshots,
     pub embedder: Option<Arc<TextEmbedder>>,
     /// Batches query embeddings (present when there is a text model).
     pub batcher: Option<Batcher>,
@@ -39,14 +42,7 @@ impl ShardState {
     pub fn apply(&self, record: WalRecord) {
         match record.op {
             Some(Op::Upsert(req)) => {
-                let items = req
-                    .items
-                    .into_iter()
-                    .filter_map(|mut it| {
-                        let v = it.vector.take()?.values;
-                        Some(StoredItem { item: it, vector: v })
-                    })
-                    .collect();
+                let items = req.items.into_iter().filter_map(StoredItem::from_wire).collect();
                 self.catalog.upsert(items);
             }
             Some(Op::Delete(req)) => {
@@ -58,11 +54,40 @@ impl ShardState {
         }
     }
 
-    fn log_and_apply(&self, record: WalRecord) -> Result<(), Status> {
-        let mut wal = self.wal.lock();
-        wal.append(&record).map_err(wal_status)?;
-        self.apply(record);
+    /// Logs, applies and, once durable, returns: the caller may acknowledge.
+    /// Under group commit the wait for the shared fsync happens after the
+    /// log's lock is released, so concurrent writers share one flush.
+    fn log_and_apply(self: &Arc<Self>, record: WalRecord) -> Result<(), Status> {
+        let (appended, snapshot_due) = {
+            let mut wal = self.wal.lock();
+            let appended = wal.append(&record).map_err(|e| storage_status(&e.into()))?;
+            self.apply(record);
+            (appended, self.snapshots.due(&wal))
+        };
+        if snapshot_due {
+            let this = Arc::clone(self);
+            std::thread::Builder::new()
+                .name("snapshot".into())
+                .spawn(move || {
+                    // Failures are logged and counted in `take`; the log keeps everything.
+                    let _ = this.snapshot();
+                })
+                .map_err(|e| tracing::warn!(error = %e, "cannot start the snapshot thread"))
+                .ok();
+        }
+        appended.wait_durable().map_err(|e| storage_status(&e.into()))?;
         Ok(())
+    }
+
+    /// Writes a snapshot now (blocking); see [`crate::store`].
+    pub fn snapshot(&self) -> Result<Written, StoreError> {
+        self.snapshots.take(&self.wal, || Captured {
+            items: self.catalog.export(),
+            events: self.profiles.export(),
+            users: self.profiles.len() as u64,
+            signals: self.signals.export(),
+            dimension: self.catalog.dimension(),
+        })
     }
 
     /// The hits of one shard search in any of its modes: the index (nearest
@@ -116,11 +141,11 @@ impl ShardState {
     }
 }
 
-fn wal_status(e: WalError) -> Status {
+fn storage_status(e: &StoreError) -> Status {
     if e.is_disk_full() {
-        Status::resource_exhausted(format!("shard storage is full; write not applied: {e}"))
+        Status::resource_exhausted(format!("shard storage is full; write not acknowledged: {e}"))
     } else {
-        Status::internal(format!("write not applied: {e}"))
+        Status::internal(format!("write not acknowledged: {e}"))
     }
 }
 
@@ -404,6 +429,10 @@ impl pb::shard_server::Shard for ShardService {
 
     async fn info(&self, _request: Request<pb::ClusterInfoRequest>) -> Result<Response<pb::ShardInfo>, Status> {
         let s = &self.state;
+        let (wal_last_seq, wal_bytes) = {
+            let wal = s.wal.lock();
+            (wal.last_seq(), wal.bytes())
+        };
         Ok(Response::new(pb::ShardInfo {
             shard: s.shard_id,
             address: String::new(),
@@ -416,6 +445,32 @@ impl pb::shard_server::Shard for ShardService {
             dimension: s.catalog.dimension() as u32,
             virtual_shards: 0,
             items_with_signals: s.signals.len() as u64,
+            wal_last_seq,
+            snapshot_seq: s.snapshots.last_seq(),
+            wal_bytes,
+        }))
+    }
+
+    async fn snapshot(
+        &self,
+        _request: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotInfo>, Status> {
+        let span = tracing::info_span!("shard.snapshot", shard = self.state.shard_id);
+        let state = Arc::clone(&self.state);
+        let written = blocking(move || state.snapshot()).instrument(span).await?.map_err(|e| match e {
+            StoreError::Busy => Status::failed_precondition(e.to_string()),
+            e if e.is_disk_full() => Status::resource_exhausted(format!("snapshot not written: {e}")),
+            e => Status::internal(format!("snapshot not written: {e}")),
+        })?;
+        let m = written.manifest;
+        Ok(Response::new(pb::SnapshotInfo {
+            shard: self.state.shard_id,
+            seq: m.seq,
+            items: m.items,
+            users: m.users,
+            bytes: m.bytes,
+            elapsed_ms: written.elapsed_ms,
+            error: String::new(),
         }))
     }
 }

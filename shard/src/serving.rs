@@ -107,6 +107,15 @@ impl ServingIndex {
         }
     }
 
+    /// An index of many points at once, built on all cores and flattened
+    /// before it is returned, so it serves from the fast path at once.
+    pub fn build(params: &IndexParams, policy: FlattenPolicy, points: &[(PointId, &[f32])]) -> Self {
+        let this = Self::new(params, policy);
+        this.inner.graph.insert_parallel(points);
+        this.flatten_now();
+        this
+    }
+
     /// Takes a fresh copy now, on this thread, unless a background copy is
     /// running (then that one will do). For bulk builds, where the caller
     /// wants the fast path as soon as the build returns.

@@ -70,6 +70,11 @@ impl SignalStore {
         }
     }
 
+    /// Every item's signals in wire form (snapshots).
+    pub fn export(&self) -> Vec<pb::ItemSignals> {
+        self.by_id.read().iter().map(|(id, s)| s.to_wire(id)).collect()
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<Signals>> {
         self.by_id.read().get(id).cloned()
     }

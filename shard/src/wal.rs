@@ -1,18 +1,27 @@
-//! Write-ahead log: every upsert, delete and event batch is framed, checksummed
-//! and (by default) fsynced before the shard acknowledges it, and replayed on
-//! start-up.
+//! Write-ahead log: every upsert, delete, event batch and signal update is
+//! framed, checksummed and made durable (per the fsync policy) before the
+//! shard acknowledges it, and replayed on start-up after the newest snapshot.
+//!
+//! The log is a directory of *segments*, `wal-<first seq>.log`. A snapshot
+//! starts a new segment first ([`Wal::rotate`]), so once the snapshot is safe
+//! the segments it covers are deleted whole ([`Wal::remove_through`]); no
+//! file is ever rewritten in place.
 //!
 //! Frame: `len: u32 LE | crc32c: u32 LE | seq: u64 LE | payload[len]`, where
-//! the CRC covers `seq` and the payload. A frame cut short at the end of the
-//! file is a torn write from a crash and is cut off; a bad frame followed by
-//! more data is corruption and stops start-up unless repair is asked for,
-//! because silently skipping it would lose acknowledged writes.
+//! the CRC covers `seq` and the payload. Sequence numbers run on across
+//! segments without gaps. A frame cut short at the end of the *last* segment
+//! is a torn write from a crash and is cut off; any other bad frame, a gap in
+//! the sequence, or a missing segment is corruption and stops start-up unless
+//! repair is asked for, because skipping it would silently lose acknowledged
+//! writes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex};
 use prost::Message;
 use vitrine_proto::pb;
 
@@ -43,15 +52,36 @@ pub enum Op {
     Signals(pb::UpdateSignalsRequest),
 }
 
-/// When appends reach the disk.
+/// When appends reach the disk. docs/RELIABILITY.md states what each gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FsyncPolicy {
     /// fsync before every acknowledgement: an acknowledged write survives a
-    /// power loss.
+    /// power loss. One fsync per write batch.
     Always,
+    /// Group commit: acknowledgements wait for a shared fsync that runs at
+    /// most every `--fsync-group-ms`, so concurrent writers share one flush.
+    /// Same guarantee as `always`; more throughput under concurrent writes,
+    /// up to one interval more latency per write.
+    Group,
     /// Leave flushing to the OS: acknowledged writes survive a process crash
     /// (`kill -9`) but not a power loss or kernel crash.
     Never,
+}
+
+/// How to open the log.
+#[derive(Debug, Clone, Copy)]
+pub struct WalOptions {
+    pub fsync: FsyncPolicy,
+    /// Interval of the shared fsync under [`FsyncPolicy::Group`].
+    pub group_interval: Duration,
+    /// Drop a corrupt record and everything after it instead of refusing.
+    pub repair: bool,
+}
+
+impl WalOptions {
+    pub fn new(fsync: FsyncPolicy) -> Self {
+        Self { fsync, group_interval: Duration::from_millis(2), repair: false }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +92,10 @@ pub enum WalError {
         "WAL {path} is corrupt at byte {offset}: {reason}; start with --repair-wal to drop it and every later record"
     )]
     Corrupt { path: PathBuf, offset: u64, reason: String },
+    #[error("WAL in {dir} cannot be replayed from sequence {needed}: {reason}")]
+    Gap { dir: PathBuf, needed: u64, reason: String },
+    #[error("WAL {path}: an earlier fsync failed ({reason}); the shard refuses writes until it is restarted")]
+    Poisoned { path: PathBuf, reason: String },
 }
 
 impl WalError {
@@ -71,123 +105,396 @@ impl WalError {
     }
 }
 
-/// An open log, positioned for appends.
-pub struct Wal {
-    file: File,
+/// One segment file.
+#[derive(Debug, Clone)]
+struct Segment {
+    /// Sequence number of its first record (or of the next one, when empty).
+    start: u64,
     path: PathBuf,
-    next_seq: u64,
-    fsync: FsyncPolicy,
     bytes: u64,
+}
+
+fn segment_path(dir: &Path, start: u64) -> PathBuf {
+    dir.join(format!("wal-{start:020}.log"))
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    name.strip_prefix("wal-")?.strip_suffix(".log")?.parse().ok()
+}
+
+/// An open log, positioned for appends to its last segment.
+pub struct Wal {
+    dir: PathBuf,
+    /// Oldest first; the last one takes appends.
+    segments: Vec<Segment>,
+    file: Arc<File>,
+    next_seq: u64,
+    options: WalOptions,
+    /// The group-commit flusher, under [`FsyncPolicy::Group`].
+    group: Option<Arc<GroupSync>>,
+    /// Set when an fsync failed: after a failed fsync the kernel may have
+    /// dropped the dirty pages, so nothing later can be promised.
+    poisoned: Option<String>,
 }
 
 /// What replay found.
 #[derive(Debug, Default)]
 pub struct Replay {
+    /// Records after the snapshot's sequence, in order.
     pub records: Vec<WalRecord>,
+    /// Sequence number of the last record in the log (0 when none).
+    pub last_seq: u64,
     /// Bytes of a torn final frame that were cut off.
     pub torn_bytes: u64,
     /// Bytes dropped by `--repair-wal`.
     pub repaired_bytes: u64,
 }
 
-impl Wal {
-    /// Opens (or creates) the log at `path`, returning the records to replay.
-    pub fn open(path: &Path, fsync: FsyncPolicy, repair: bool) -> Result<(Self, Replay), WalError> {
-        let io = |source| WalError::Io { path: path.to_path_buf(), source };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
+/// A record that is in the log; [`Appended::wait_durable`] returns once it
+/// is durable per the fsync policy.
+#[must_use = "a write is acknowledged only after wait_durable"]
+pub struct Appended {
+    pub seq: u64,
+    group: Option<Arc<GroupSync>>,
+}
+
+impl Appended {
+    /// Blocks until the record is on disk under group commit; returns at once
+    /// under the other policies (their append already did what they promise).
+    /// Call it after releasing the log's lock so other writers can join the
+    /// same flush.
+    pub fn wait_durable(self) -> Result<u64, WalError> {
+        match self.group {
+            Some(g) => g.wait(self.seq).map(|_| self.seq),
+            None => Ok(self.seq),
         }
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
-        let mut buf = Vec::new();
-        file.read_to_end(&mut buf).map_err(io)?;
+    }
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir` and returns the records after
+    /// sequence `after` (the newest snapshot's), to replay on top of it.
+    pub fn open(dir: &Path, after: u64, options: WalOptions) -> Result<(Self, Replay), WalError> {
+        let io_dir = |source| WalError::Io { path: dir.to_path_buf(), source };
+        std::fs::create_dir_all(dir).map_err(io_dir)?;
+        // A single `wal.log` is the layout before segments: its first record is 1.
+        let legacy = dir.join("wal.log");
+        if legacy.is_file() {
+            std::fs::rename(&legacy, segment_path(dir, 1)).map_err(io_dir)?;
+            sync_dir(dir)?;
+        }
+        let mut segments = list_segments(dir)?;
         let mut replay = Replay::default();
-        let mut offset = 0usize;
-        let mut next_seq = 1u64;
-        while offset < buf.len() {
-            match parse_frame(&buf[offset..]) {
-                Frame::Ok { seq, payload, len } => {
-                    if seq != next_seq {
-                        let reason = format!("sequence {seq} where {next_seq} was expected");
-                        if !repair {
-                            return Err(WalError::Corrupt { path: path.to_path_buf(), offset: offset as u64, reason });
-                        }
-                        replay.repaired_bytes = (buf.len() - offset) as u64;
-                        break;
+        // Segments wholly at or before `after` are covered by the snapshot.
+        let first_needed = segments.iter().rposition(|s| s.start <= after + 1).unwrap_or(0);
+        if let Some(first) = segments.get(first_needed) {
+            if first.start > after + 1 {
+                return Err(WalError::Gap {
+                    dir: dir.to_path_buf(),
+                    needed: after + 1,
+                    reason: format!("the oldest segment starts at {}; the records before it are missing", first.start),
+                });
+            }
+        }
+        let mut expected: Option<u64> = None;
+        let mut keep = segments.len();
+        for i in first_needed..segments.len() {
+            let last = i + 1 == segments.len();
+            let seg = &mut segments[i];
+            if let Some(e) = expected {
+                if seg.start != e {
+                    let reason =
+                        format!("segment starts at sequence {} but the previous one ends at {}", seg.start, e - 1);
+                    if !options.repair {
+                        return Err(WalError::Corrupt { path: seg.path.clone(), offset: 0, reason });
                     }
-                    match WalRecord::decode(payload) {
-                        Ok(r) => replay.records.push(r),
-                        Err(e) => {
-                            if !repair {
-                                return Err(WalError::Corrupt {
-                                    path: path.to_path_buf(),
-                                    offset: offset as u64,
-                                    reason: format!("checksum ok but undecodable: {e}"),
-                                });
-                            }
-                            replay.repaired_bytes = (buf.len() - offset) as u64;
-                            break;
-                        }
-                    }
-                    next_seq += 1;
-                    offset += len;
-                }
-                Frame::Torn => {
-                    replay.torn_bytes = (buf.len() - offset) as u64;
+                    replay.repaired_bytes += segments[i..].iter().map(|s| s.bytes).sum::<u64>();
+                    keep = i;
                     break;
                 }
-                Frame::Bad(reason) => {
-                    if !repair {
-                        return Err(WalError::Corrupt { path: path.to_path_buf(), offset: offset as u64, reason });
-                    }
-                    replay.repaired_bytes = (buf.len() - offset) as u64;
+            }
+            let scanned = scan_segment(seg, after, last, options.repair, &mut replay)?;
+            expected = Some(scanned.next_seq);
+            if scanned.cut_at < seg.bytes {
+                tracing::warn!(path = %seg.path.display(), offset = scanned.cut_at, torn = replay.torn_bytes,
+                    repaired = replay.repaired_bytes, "cutting the WAL after its last valid record");
+                let f = OpenOptions::new().write(true).open(&seg.path).map_err(|source| io_at(&seg.path, source))?;
+                f.set_len(scanned.cut_at).and_then(|_| f.sync_all()).map_err(|source| io_at(&seg.path, source))?;
+                seg.bytes = scanned.cut_at;
+                if !last {
+                    // Repair: everything after the bad frame goes.
+                    replay.repaired_bytes += segments[i + 1..].iter().map(|s| s.bytes).sum::<u64>();
+                    keep = i + 1;
                     break;
                 }
             }
         }
-        if offset < buf.len() {
-            tracing::warn!(path = %path.display(), offset, torn = replay.torn_bytes, repaired = replay.repaired_bytes,
-                "cutting the WAL after its last valid record");
-            file.set_len(offset as u64).map_err(io)?;
-            file.sync_all().map_err(io)?;
+        for s in segments.drain(keep..) {
+            std::fs::remove_file(&s.path).map_err(|source| io_at(&s.path, source))?;
         }
-        file.seek(SeekFrom::Start(offset as u64)).map_err(io)?;
-        crate::metrics::get().wal_bytes.set(offset as i64);
-        Ok((Self { file, path: path.to_path_buf(), next_seq, fsync, bytes: offset as u64 }, replay))
+        let mut next_seq = expected.unwrap_or(after + 1);
+        replay.last_seq = next_seq - 1;
+        // After a snapshot newer than every record (or with no log at all),
+        // appends continue from the snapshot in a segment of their own.
+        if next_seq <= after || segments.is_empty() {
+            next_seq = next_seq.max(after + 1);
+            let path = segment_path(dir, next_seq);
+            File::create(&path).map_err(|source| io_at(&path, source))?;
+            sync_dir(dir)?;
+            segments.push(Segment { start: next_seq, path, bytes: 0 });
+        }
+        let active = segments.last().expect("at least one segment").clone();
+        let mut file =
+            OpenOptions::new().write(true).open(&active.path).map_err(|source| io_at(&active.path, source))?;
+        file.seek(SeekFrom::Start(active.bytes)).map_err(|source| io_at(&active.path, source))?;
+        let file = Arc::new(file);
+        let group = match options.fsync {
+            FsyncPolicy::Group => Some(GroupSync::start(Arc::clone(&file), next_seq - 1, options.group_interval)),
+            _ => None,
+        };
+        let wal = Self { dir: dir.to_path_buf(), segments, file, next_seq, options, group, poisoned: None };
+        wal.publish_size();
+        Ok((wal, replay))
     }
 
-    /// Appends one record; durable per the fsync policy when this returns.
-    /// On failure the file is cut back to its previous length so a partial
-    /// frame cannot sit in the middle of later records. Updates
-    /// `vitrine_wal_bytes` and times the fsync in `vitrine_wal_fsync_seconds`.
-    pub fn append(&mut self, record: &WalRecord) -> Result<u64, WalError> {
-        let payload = record.encode_to_vec();
+    /// Appends one record. When this returns the record is in the file (and
+    /// on disk under `always`); under `group`, [`Appended::wait_durable`]
+    /// waits for the shared flush. On failure the file is cut back to its
+    /// previous length so a partial frame cannot sit in the middle of later
+    /// records. Updates `vitrine_wal_bytes` and times fsyncs in
+    /// `vitrine_wal_fsync_seconds`.
+    pub fn append(&mut self, record: &WalRecord) -> Result<Appended, WalError> {
+        let active = self.active_path().to_path_buf();
+        if let Some(reason) = self.poisoned.clone().or_else(|| self.group.as_ref().and_then(|g| g.failure())) {
+            return Err(WalError::Poisoned { path: active, reason });
+        }
+        fail::fail_point!("wal::append", |_| Err(WalError::Io {
+            path: active.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::StorageFull, "failpoint wal::append"),
+        }));
         let seq = self.next_seq;
-        let mut frame = Vec::with_capacity(HEADER + payload.len());
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&checksum(seq, &payload).to_le_bytes());
-        frame.extend_from_slice(&seq.to_le_bytes());
-        frame.extend_from_slice(&payload);
-        let io = |source| WalError::Io { path: self.path.clone(), source };
+        let frame = encode_frame(seq, &record.encode_to_vec());
+        let before = self.segments.last().map_or(0, |s| s.bytes);
         let metrics = crate::metrics::get();
-        let result = self.file.write_all(&frame).and_then(|_| match self.fsync {
+        let mut file: &File = &self.file;
+        let result = file.write_all(&frame).and_then(|_| match self.options.fsync {
             FsyncPolicy::Always => {
                 let started = Instant::now();
-                let synced = self.file.sync_data();
+                let synced = file.sync_data();
                 metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
                 synced
             }
-            FsyncPolicy::Never => Ok(()),
+            FsyncPolicy::Group | FsyncPolicy::Never => Ok(()),
         });
         if let Err(e) = result {
             // Best effort: drop the partial frame so the next append starts clean.
-            let _ = self.file.set_len(self.bytes).and_then(|_| self.file.seek(SeekFrom::Start(self.bytes)).map(|_| ()));
-            return Err(io(e));
+            if file.set_len(before).and_then(|_| file.seek(SeekFrom::Start(before)).map(|_| ())).is_err() {
+                self.poisoned = Some(format!("could not cut back a failed append: {e}"));
+            } else if self.options.fsync == FsyncPolicy::Always && e.kind() != std::io::ErrorKind::StorageFull {
+                // The write went in but the fsync failed: the page cache may
+                // have dropped earlier dirty pages too (the "fsyncgate" rule).
+                self.poisoned = Some(e.to_string());
+            }
+            return Err(WalError::Io { path: active, source: e });
         }
-        self.bytes += frame.len() as u64;
+        if let Some(seg) = self.segments.last_mut() {
+            seg.bytes += frame.len() as u64;
+        }
         self.next_seq += 1;
-        metrics.wal_bytes.set(self.bytes as i64);
-        Ok(seq)
+        if let Some(g) = &self.group {
+            g.written(seq);
+        }
+        self.publish_size();
+        Ok(Appended { seq, group: self.group.clone() })
     }
+
+    /// Makes everything appended so far durable (graceful shutdown).
+    pub fn sync(&self) -> Result<(), WalError> {
+        self.file.sync_data().map_err(|source| io_at(self.active_path(), source))
+    }
+
+    /// Sequence number of the last appended record (0 when none).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Bytes in all segments.
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Bytes in the segments that start after record `seq` (the log written
+    /// since the snapshot at `seq`).
+    pub fn bytes_after(&self, seq: u64) -> u64 {
+        self.segments.iter().filter(|s| s.start > seq).map(|s| s.bytes).sum()
+    }
+
+    /// Closes the active segment (synced) and starts a new one, so that the
+    /// records up to the returned sequence number can later be dropped whole.
+    /// Keeps the active segment when it holds no record.
+    pub fn rotate(&mut self) -> Result<u64, WalError> {
+        let last = self.last_seq();
+        if self.segments.last().is_some_and(|s| s.bytes == 0) {
+            return Ok(last);
+        }
+        self.sync()?;
+        let path = segment_path(&self.dir, self.next_seq);
+        let file =
+            OpenOptions::new().write(true).create_new(true).open(&path).map_err(|source| io_at(&path, source))?;
+        sync_dir(&self.dir)?;
+        self.file = Arc::new(file);
+        if let Some(g) = &self.group {
+            g.switch_file(Arc::clone(&self.file));
+        }
+        self.segments.push(Segment { start: self.next_seq, path, bytes: 0 });
+        Ok(last)
+    }
+
+    /// Deletes the segments whose records are all at or before `seq` (which
+    /// a verified snapshot holds). The active segment always stays.
+    pub fn remove_through(&mut self, seq: u64) -> Result<usize, WalError> {
+        let mut removed = 0;
+        while self.segments.len() > 1 && self.segments[1].start <= seq + 1 {
+            let s = self.segments.remove(0);
+            std::fs::remove_file(&s.path).map_err(|source| io_at(&s.path, source))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            sync_dir(&self.dir)?;
+            self.publish_size();
+        }
+        Ok(removed)
+    }
+
+    fn active_path(&self) -> &Path {
+        self.segments.last().map_or(self.dir.as_path(), |s| s.path.as_path())
+    }
+
+    fn publish_size(&self) {
+        crate::metrics::get().wal_bytes.set(self.bytes() as i64);
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Some(g) = &self.group {
+            g.stop();
+        }
+    }
+}
+
+fn io_at(path: &Path, source: std::io::Error) -> WalError {
+    WalError::Io { path: path.to_path_buf(), source }
+}
+
+/// fsyncs a directory so that files created, renamed or removed in it stay
+/// so after a power loss.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| io_at(dir, source))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<Segment>, WalError> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|source| io_at(dir, source))? {
+        let entry = entry.map_err(|source| io_at(dir, source))?;
+        let Some(start) = entry.file_name().to_str().and_then(parse_segment_name) else { continue };
+        let bytes = entry.metadata().map_err(|source| io_at(&entry.path(), source))?.len();
+        segments.push(Segment { start, path: entry.path(), bytes });
+    }
+    segments.sort_by_key(|s| s.start);
+    Ok(segments)
+}
+
+/// Where scanning a segment stopped.
+struct Scanned {
+    /// Sequence number after the last good record.
+    next_seq: u64,
+    /// Length of the good prefix (the segment's length when all of it is good).
+    cut_at: u64,
+}
+
+/// Reads one segment's records, pushing those after `after` to `replay`.
+fn scan_segment(seg: &Segment, after: u64, last: bool, repair: bool, replay: &mut Replay) -> Result<Scanned, WalError> {
+    let mut buf = Vec::with_capacity(seg.bytes as usize);
+    File::open(&seg.path).and_then(|mut f| f.read_to_end(&mut buf)).map_err(|source| io_at(&seg.path, source))?;
+    let scan = scan_frames(&buf, seg.start);
+    let bad =
+        |offset: usize, reason: String| WalError::Corrupt { path: seg.path.clone(), offset: offset as u64, reason };
+    for (seq, payload) in &scan.records {
+        match WalRecord::decode(*payload) {
+            Ok(r) if *seq > after => replay.records.push(r),
+            Ok(_) => {}
+            Err(e) => return Err(bad(0, format!("record {seq} has a valid checksum but does not decode: {e}"))),
+        }
+    }
+    let next_seq = seg.start + scan.records.len() as u64;
+    match scan.stop {
+        Stop::End => {}
+        Stop::Torn if last => replay.torn_bytes += (buf.len() - scan.good) as u64,
+        Stop::Torn | Stop::Bad(_) if repair => replay.repaired_bytes += (buf.len() - scan.good) as u64,
+        Stop::Torn => return Err(bad(scan.good, "cut short, and later segments follow it".into())),
+        Stop::Bad(reason) => return Err(bad(scan.good, reason)),
+    }
+    Ok(Scanned { next_seq, cut_at: scan.good as u64 })
+}
+
+/// Why [`scan_frames`] stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// At the end of the buffer, every frame valid.
+    End,
+    /// At a frame that runs past the end of the buffer, or the final frame
+    /// with a bad checksum: what a crash mid-append leaves.
+    Torn,
+    /// At an invalid frame with more data after it.
+    Bad(String),
+}
+
+/// Frames read from a buffer: the valid prefix and why reading stopped.
+#[derive(Debug)]
+pub struct FrameScan<'a> {
+    /// (sequence number, payload) of each valid frame, in order.
+    pub records: Vec<(u64, &'a [u8])>,
+    /// Length of the valid prefix.
+    pub good: usize,
+    pub stop: Stop,
+}
+
+/// Reads consecutive frames whose sequence numbers start at `first_seq`.
+/// Pure and total (never panics, whatever the bytes): the fuzz tests call it
+/// directly, and snapshots use the same framing.
+pub fn scan_frames(buf: &[u8], first_seq: u64) -> FrameScan<'_> {
+    let mut records = Vec::new();
+    let mut offset = 0usize;
+    let mut expected = first_seq;
+    let stop = loop {
+        if offset == buf.len() {
+            break Stop::End;
+        }
+        match parse_frame(&buf[offset..]) {
+            Frame::Ok { seq, payload, len } => {
+                if seq != expected {
+                    break Stop::Bad(format!("sequence {seq} where {expected} was expected"));
+                }
+                records.push((seq, payload));
+                expected += 1;
+                offset += len;
+            }
+            Frame::Torn => break Stop::Torn,
+            Frame::Bad(reason) => break Stop::Bad(reason),
+        }
+    };
+    FrameScan { records, good: offset, stop }
+}
+
+/// One frame as bytes.
+pub(crate) fn encode_frame(seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(HEADER + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&checksum(seq, payload).to_le_bytes());
+    frame.extend_from_slice(&seq.to_le_bytes());
+    frame.extend_from_slice(payload);
+    frame
 }
 
 fn checksum(seq: u64, payload: &[u8]) -> u32 {
@@ -201,25 +508,122 @@ enum Frame<'a> {
 }
 
 fn parse_frame(buf: &[u8]) -> Frame<'_> {
-    if buf.len() < HEADER {
-        return Frame::Torn;
-    }
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    let seq = u64::from_le_bytes([buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15]]);
+    let Some(header) = buf.get(..HEADER) else { return Frame::Torn };
+    let word = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let len = word(0) as usize;
+    let crc = word(4);
+    let seq = u64::from(word(8)) | (u64::from(word(12)) << 32);
     if len > MAX_RECORD {
         return Frame::Bad(format!("record length {len} exceeds {MAX_RECORD}"));
     }
-    if buf.len() < HEADER + len {
-        return Frame::Torn;
-    }
-    let payload = &buf[HEADER..HEADER + len];
+    let Some(payload) = buf.get(HEADER..HEADER + len) else { return Frame::Torn };
     if checksum(seq, payload) != crc {
         // A bad checksum on the very last frame is a torn write; anywhere
         // else acknowledged records follow it, so it is corruption.
         return if buf.len() == HEADER + len { Frame::Torn } else { Frame::Bad("checksum mismatch".into()) };
     }
     Frame::Ok { seq, payload, len: HEADER + len }
+}
+
+/// The group-commit flusher: one thread that fsyncs the active segment at
+/// most every `interval` while there are unsynced records, and wakes the
+/// writers waiting for them.
+struct GroupSync {
+    state: Mutex<GroupState>,
+    changed: Condvar,
+    interval: Duration,
+}
+
+struct GroupState {
+    file: Arc<File>,
+    written: u64,
+    synced: u64,
+    failed: Option<String>,
+    stopped: bool,
+}
+
+impl GroupSync {
+    fn start(file: Arc<File>, synced: u64, interval: Duration) -> Arc<Self> {
+        let this = Arc::new(Self {
+            state: Mutex::new(GroupState { file, written: synced, synced, failed: None, stopped: false }),
+            changed: Condvar::new(),
+            interval,
+        });
+        let worker = Arc::clone(&this);
+        // Without the thread nothing would ever be acknowledged; failing to
+        // start one is as fatal as a failed fsync.
+        if let Err(e) = std::thread::Builder::new().name("wal-group-commit".into()).spawn(move || worker.run()) {
+            this.state.lock().failed = Some(format!("cannot start the group-commit thread: {e}"));
+        }
+        this
+    }
+
+    fn run(&self) {
+        let metrics = crate::metrics::get();
+        loop {
+            let mut s = self.state.lock();
+            while s.written == s.synced && !s.stopped && s.failed.is_none() {
+                self.changed.wait(&mut s);
+            }
+            if s.stopped || s.failed.is_some() {
+                return;
+            }
+            drop(s);
+            // Let the writers of the next `interval` join this flush.
+            std::thread::sleep(self.interval);
+            let (file, target) = {
+                let s = self.state.lock();
+                (Arc::clone(&s.file), s.written)
+            };
+            let started = Instant::now();
+            let result = file.sync_data();
+            metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+            let mut s = self.state.lock();
+            match result {
+                Ok(()) => s.synced = s.synced.max(target),
+                Err(e) => s.failed = Some(e.to_string()),
+            }
+            self.changed.notify_all();
+        }
+    }
+
+    fn written(&self, seq: u64) {
+        self.state.lock().written = seq;
+        self.changed.notify_all();
+    }
+
+    /// The previous file was synced by the caller ([`Wal::rotate`]).
+    fn switch_file(&self, file: Arc<File>) {
+        self.state.lock().file = file;
+    }
+
+    fn wait(&self, seq: u64) -> Result<(), WalError> {
+        let mut s = self.state.lock();
+        loop {
+            if s.synced >= seq {
+                return Ok(());
+            }
+            if let Some(reason) = &s.failed {
+                return Err(WalError::Poisoned { path: PathBuf::from("(active segment)"), reason: reason.clone() });
+            }
+            if s.stopped {
+                return Err(WalError::Poisoned {
+                    path: PathBuf::from("(active segment)"),
+                    reason: "log closed".into(),
+                });
+            }
+            self.changed.wait(&mut s);
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.state.lock().failed.clone()
+    }
+
+    fn stop(&self) {
+        self.state.lock().stopped = true;
+        self.changed.notify_all();
+    }
 }
 
 #[cfg(test)]
@@ -230,58 +634,103 @@ mod tests {
         WalRecord { op: Some(Op::Delete(pb::DeleteItemsRequest { ids: vec![format!("item-{i}")] })) }
     }
 
-    fn write(path: &Path, n: u32) {
-        let (mut wal, replay) = Wal::open(path, FsyncPolicy::Always, false).unwrap();
+    fn opts() -> WalOptions {
+        WalOptions::new(FsyncPolicy::Always)
+    }
+
+    fn write(dir: &Path, n: u32) {
+        let (mut wal, replay) = Wal::open(dir, 0, opts()).unwrap();
         assert!(replay.records.is_empty());
         for i in 0..n {
-            wal.append(&rec(i)).unwrap();
+            wal.append(&rec(i)).unwrap().wait_durable().unwrap();
         }
+    }
+
+    fn only_segment(dir: &Path) -> PathBuf {
+        let segs = list_segments(dir).unwrap();
+        assert_eq!(segs.len(), 1);
+        segs[0].path.clone()
     }
 
     #[test]
     fn records_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("wal.log");
-        write(&p, 10);
-        let (mut wal, replay) = Wal::open(&p, FsyncPolicy::Always, false).unwrap();
+        write(dir.path(), 10);
+        let (mut wal, replay) = Wal::open(dir.path(), 0, opts()).unwrap();
         assert_eq!(replay.records, (0..10).map(rec).collect::<Vec<_>>());
-        wal.append(&rec(10)).unwrap();
-        let (_, replay) = Wal::open(&p, FsyncPolicy::Always, false).unwrap();
+        assert_eq!(replay.last_seq, 10);
+        wal.append(&rec(10)).unwrap().wait_durable().unwrap();
+        let (_, replay) = Wal::open(dir.path(), 0, opts()).unwrap();
         assert_eq!(replay.records.len(), 11);
+    }
+
+    #[test]
+    fn the_single_file_layout_is_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 3);
+        std::fs::rename(only_segment(dir.path()), dir.path().join("wal.log")).unwrap();
+        let (_, replay) = Wal::open(dir.path(), 0, opts()).unwrap();
+        assert_eq!(replay.records.len(), 3);
+        assert!(segment_path(dir.path(), 1).is_file());
+    }
+
+    #[test]
+    fn every_policy_replays_what_it_acknowledged() {
+        for fsync in [FsyncPolicy::Always, FsyncPolicy::Group, FsyncPolicy::Never] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = WalOptions { fsync, group_interval: Duration::from_millis(1), repair: false };
+            let (wal, _) = Wal::open(dir.path(), 0, options).unwrap();
+            let wal = Arc::new(Mutex::new(wal));
+            // Concurrent writers share group flushes; each waits outside the lock.
+            std::thread::scope(|s| {
+                for t in 0..4u32 {
+                    let wal = Arc::clone(&wal);
+                    s.spawn(move || {
+                        for i in 0..25 {
+                            let appended = wal.lock().append(&rec(t * 100 + i)).unwrap();
+                            appended.wait_durable().unwrap();
+                        }
+                    });
+                }
+            });
+            drop(wal);
+            let (_, replay) = Wal::open(dir.path(), 0, options).unwrap();
+            assert_eq!(replay.records.len(), 100, "{fsync:?}");
+        }
     }
 
     #[test]
     fn appends_are_measured() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("wal.log");
         let fsyncs = || crate::metrics::get().wal_fsync_seconds.get_sample_count();
         let before = fsyncs();
-        let (mut wal, _) = Wal::open(&p, FsyncPolicy::Always, false).unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), 0, opts()).unwrap();
         for i in 0..3 {
-            wal.append(&rec(i)).unwrap();
+            wal.append(&rec(i)).unwrap().wait_durable().unwrap();
         }
         // Other tests append in parallel, so at least ours were counted.
         assert!(fsyncs() >= before + 3);
-        let (mut wal, _) = Wal::open(&p, FsyncPolicy::Never, false).unwrap();
-        wal.append(&rec(3)).unwrap();
-        assert_eq!(wal.bytes, std::fs::metadata(&p).unwrap().len());
+        drop(wal);
+        let (mut wal, _) = Wal::open(dir.path(), 0, WalOptions::new(FsyncPolicy::Never)).unwrap();
+        wal.append(&rec(3)).unwrap().wait_durable().unwrap();
+        assert_eq!(wal.bytes(), std::fs::metadata(only_segment(dir.path())).unwrap().len());
     }
 
     #[test]
     fn a_torn_tail_is_cut_and_appends_continue() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("wal.log");
-        write(&p, 5);
+        write(dir.path(), 5);
+        let p = only_segment(dir.path());
         let full = std::fs::metadata(&p).unwrap().len();
         for cut in [1u64, 7, 17] {
             let f = OpenOptions::new().write(true).open(&p).unwrap();
             f.set_len(full - cut).unwrap();
-            let (mut wal, replay) = Wal::open(&p, FsyncPolicy::Always, false).unwrap();
+            let (mut wal, replay) = Wal::open(dir.path(), 0, opts()).unwrap();
             assert_eq!(replay.records.len(), 4, "cut {cut}");
             assert!(replay.torn_bytes > 0);
-            wal.append(&rec(4)).unwrap();
+            wal.append(&rec(4)).unwrap().wait_durable().unwrap();
             drop(wal);
-            let (_, replay) = Wal::open(&p, FsyncPolicy::Always, false).unwrap();
+            let (_, replay) = Wal::open(dir.path(), 0, opts()).unwrap();
             assert_eq!(replay.records, (0..5).map(rec).collect::<Vec<_>>());
         }
     }
@@ -289,15 +738,78 @@ mod tests {
     #[test]
     fn corruption_in_the_middle_stops_unless_repaired() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("wal.log");
-        write(&p, 5);
+        write(dir.path(), 5);
+        let p = only_segment(dir.path());
         let mut bytes = std::fs::read(&p).unwrap();
         bytes[HEADER + 3] ^= 0xff; // inside the first payload
         std::fs::write(&p, &bytes).unwrap();
-        let err = Wal::open(&p, FsyncPolicy::Always, false).err().expect("must refuse");
+        let err = Wal::open(dir.path(), 0, opts()).err().expect("must refuse");
         assert!(matches!(err, WalError::Corrupt { offset: 0, .. }), "{err}");
-        let (_, replay) = Wal::open(&p, FsyncPolicy::Always, true).unwrap();
+        assert!(err.to_string().contains("--repair-wal"), "{err}");
+        let (_, replay) = Wal::open(dir.path(), 0, WalOptions { repair: true, ..opts() }).unwrap();
         assert!(replay.records.is_empty());
         assert!(replay.repaired_bytes > 0);
+    }
+
+    #[test]
+    fn rotation_and_removal_keep_the_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), 0, opts()).unwrap();
+        for i in 0..3 {
+            wal.append(&rec(i)).unwrap().wait_durable().unwrap();
+        }
+        assert_eq!(wal.rotate().unwrap(), 3);
+        assert_eq!(wal.rotate().unwrap(), 3, "an empty segment is not rotated again");
+        for i in 3..5 {
+            wal.append(&rec(i)).unwrap().wait_durable().unwrap();
+        }
+        drop(wal);
+        // A snapshot at 3 replays 4 and 5 only.
+        let (mut wal, replay) = Wal::open(dir.path(), 3, opts()).unwrap();
+        assert_eq!(replay.records, vec![rec(3), rec(4)]);
+        assert_eq!(wal.remove_through(3).unwrap(), 1);
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
+        drop(wal);
+        // Without the snapshot the log can no longer start from the beginning.
+        let err = Wal::open(dir.path(), 0, opts()).err().expect("gap");
+        assert!(matches!(err, WalError::Gap { needed: 1, .. }), "{err}");
+        // A snapshot newer than the log: appends continue after it.
+        let (mut wal, replay) = Wal::open(dir.path(), 9, opts()).unwrap();
+        assert!(replay.records.is_empty());
+        assert_eq!(wal.append(&rec(9)).unwrap().seq, 10);
+    }
+
+    #[test]
+    fn a_damaged_older_segment_is_corruption_even_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), 0, opts()).unwrap();
+        wal.append(&rec(0)).unwrap().wait_durable().unwrap();
+        wal.append(&rec(1)).unwrap().wait_durable().unwrap();
+        wal.rotate().unwrap();
+        wal.append(&rec(2)).unwrap().wait_durable().unwrap();
+        drop(wal);
+        let first = segment_path(dir.path(), 1);
+        let len = std::fs::metadata(&first).unwrap().len();
+        OpenOptions::new().write(true).open(&first).unwrap().set_len(len - 3).unwrap();
+        let err = Wal::open(dir.path(), 0, opts()).err().expect("must refuse");
+        assert!(err.to_string().contains("later segments follow"), "{err}");
+        let (_, replay) = Wal::open(dir.path(), 0, WalOptions { repair: true, ..opts() }).unwrap();
+        assert_eq!(replay.records, vec![rec(0)]);
+        assert!(!segment_path(dir.path(), 3).exists(), "the later segment went with the repair");
+    }
+
+    #[test]
+    fn frames_scan_without_panicking_on_any_prefix() {
+        let mut buf = Vec::new();
+        for i in 0..4 {
+            buf.extend(encode_frame(i + 1, &rec(i as u32).encode_to_vec()));
+        }
+        for n in 0..=buf.len() {
+            let scan = scan_frames(&buf[..n], 1);
+            assert!(scan.good <= n);
+            assert_eq!(scan.stop == Stop::End, scan.good == n);
+        }
+        assert_eq!(scan_frames(&buf, 1).records.len(), 4);
+        assert!(matches!(scan_frames(&buf, 2).stop, Stop::Bad(_)), "sequence numbers are checked");
     }
 }

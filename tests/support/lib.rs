@@ -54,6 +54,10 @@ struct Proc {
     name: String,
     bin: PathBuf,
     args: Vec<String>,
+    /// Extra environment (e.g. `FAILPOINTS`).
+    env: Vec<(String, String)>,
+    /// A command the binary runs under (e.g. `nsenter -t PID -m --`).
+    wrapper: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -62,8 +66,17 @@ impl Proc {
     fn start(&mut self) {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(&self.bin)
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = cmd
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,hnsw_rs=warn")
             .stdin(Stdio::null())
             .stdout(out)
@@ -86,6 +99,19 @@ impl Proc {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Waits (bounded) for the process to end on its own.
+    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     fn exited(&mut self) -> Option<String> {
@@ -111,11 +137,36 @@ pub struct Options {
     /// Give every process a metrics port (`--metrics-addr` on loopback);
     /// see [`Cluster::router_metrics`] and [`Cluster::shard_metrics`].
     pub metrics: bool,
+    /// Arguments for one shard only, by shard number (after `shard_args`).
+    pub per_shard_args: Vec<Vec<String>>,
+    /// Environment for every shard.
+    pub shard_env: Vec<(String, String)>,
+    /// A command every shard runs under (e.g. `nsenter -t PID -m --`).
+    pub shard_wrapper: Vec<String>,
+    /// Data directory root instead of a fresh temporary one (shard `i` uses
+    /// `<root>/shard-<i>`).
+    pub data_root: Option<PathBuf>,
 }
 
 impl Options {
     pub fn shards(n: usize) -> Self {
-        Self { shards: n, router_args: Vec::new(), shard_args: Vec::new(), metrics: false }
+        Self {
+            shards: n,
+            router_args: Vec::new(),
+            shard_args: Vec::new(),
+            metrics: false,
+            per_shard_args: Vec::new(),
+            shard_env: Vec::new(),
+            shard_wrapper: Vec::new(),
+            data_root: None,
+        }
+    }
+
+    /// Shards without a text model, taking `dimension`-long vectors: fast
+    /// restarts for the crash tests.
+    pub fn vectors_only(mut self, dimension: usize) -> Self {
+        self.shard_args.extend(["--no-model".to_string(), "--dimension".to_string(), dimension.to_string()]);
+        self
     }
 
     /// These options with a metrics port for every process.
@@ -161,7 +212,7 @@ impl Cluster {
                 "--shard-id".into(),
                 i.to_string(),
                 "--data-dir".into(),
-                dir.path().join(format!("shard-{i}")).display().to_string(),
+                opts.data_root.as_deref().unwrap_or(dir.path()).join(format!("shard-{i}")).display().to_string(),
                 "--model-dir".into(),
                 model_dir.display().to_string(),
                 "--ort-lib".into(),
@@ -171,10 +222,13 @@ impl Cluster {
                 metrics_arg(&mut shard_metrics, &mut args);
             }
             args.extend(opts.shard_args.iter().cloned());
+            args.extend(opts.per_shard_args.get(i).into_iter().flatten().cloned());
             let mut p = Proc {
                 name: format!("shard {i}"),
                 bin: bins.join("vitrine-shard"),
                 args,
+                env: opts.shard_env.clone(),
+                wrapper: opts.shard_wrapper.clone(),
                 log: dir.path().join(format!("shard-{i}.log")),
                 child: None,
             };
@@ -197,6 +251,8 @@ impl Cluster {
             name: "router".into(),
             bin: bins.join("vitrine-router"),
             args,
+            env: Vec::new(),
+            wrapper: Vec::new(),
             log: dir.path().join("router.log"),
             child: None,
         };
@@ -268,6 +324,44 @@ impl Cluster {
     /// Starts a killed shard again with the same data directory.
     pub fn restart_shard(&mut self, i: usize) {
         self.shards[i].start();
+    }
+
+    /// Replaces a (stopped) shard's extra environment for its next start.
+    pub fn set_shard_env(&mut self, i: usize, env: Vec<(String, String)>) {
+        self.shards[i].env = env;
+    }
+
+    /// Adds arguments to a (stopped) shard's command line for its next start.
+    pub fn add_shard_args(&mut self, i: usize, args: &[&str]) {
+        self.shards[i].args.extend(args.iter().map(|a| a.to_string()));
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the shard to exit.
+    pub fn terminate_shard(&mut self, i: usize, limit: Duration) -> Option<std::process::ExitStatus> {
+        self.shards[i].signal("TERM");
+        self.shards[i].wait_exit(limit)
+    }
+
+    /// Waits (bounded) for a shard to exit on its own (a crash, a refused start).
+    pub fn wait_shard_exit(&mut self, i: usize, limit: Duration) -> Option<std::process::ExitStatus> {
+        self.shards[i].wait_exit(limit)
+    }
+
+    /// The OS process id of a running shard.
+    pub fn shard_pid(&self, i: usize) -> Option<u32> {
+        self.shards[i].child.as_ref().map(|c| c.id())
+    }
+
+    /// The last lines a shard logged.
+    pub fn shard_log(&self, i: usize) -> String {
+        tail(&self.shards[i].log, 60)
+    }
+
+    /// A shard's data directory.
+    pub fn shard_data_dir(&self, i: usize) -> PathBuf {
+        let args = &self.shards[i].args;
+        let at = args.iter().position(|a| a == "--data-dir").expect("--data-dir is always passed");
+        PathBuf::from(&args[at + 1])
     }
 
     /// Whether every process is still running (no panics, no crashes).

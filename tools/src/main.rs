@@ -316,6 +316,9 @@ enum Cmd {
     },
     /// Cluster topology and health.
     Info,
+    /// Write a snapshot of every shard now and cut their write-ahead logs;
+    /// exits non-zero when any shard failed.
+    Snapshot,
     /// Learn behavioural signals (co-visitation neighbours, popularity) from
     /// every user's full sequence in a data set (items.tsv + sequences.txt),
     /// and write them as JSONL and/or upload them to the router (--addr).
@@ -500,7 +503,8 @@ async fn main() -> anyhow::Result<()> {
                     .iter()
                     .map(|s| serde_json::json!({"shard": s.shard, "address": s.address, "state": s.state, "items": s.items,
                         "tombstones": s.tombstones, "users": s.users, "model": s.model, "execution_provider": s.execution_provider,
-                        "virtual_shards": s.virtual_shards}))
+                        "virtual_shards": s.virtual_shards, "wal_last_seq": s.wal_last_seq,
+                        "snapshot_seq": s.snapshot_seq, "wal_bytes": s.wal_bytes}))
                     .collect();
                 println!(
                     "{}",
@@ -511,6 +515,26 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 println!("{}", output::info_table(&r));
             }
+        }
+        Cmd::Snapshot => {
+            let mut client = connect(&cli.addr).await?;
+            let r = client.create_snapshot(pb::CreateSnapshotRequest {}).await?.into_inner();
+            if cli.json {
+                let shards: Vec<_> = r
+                    .shards
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({"shard": s.shard, "seq": s.seq, "items": s.items, "users": s.users,
+                        "bytes": s.bytes, "elapsed_ms": s.elapsed_ms, "error": s.error})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "shards": shards }))?);
+            } else {
+                println!("{}", output::snapshot_table(&r));
+            }
+            let failed: Vec<String> =
+                r.shards.iter().filter(|s| !s.error.is_empty()).map(|s| format!("shard {}", s.shard)).collect();
+            anyhow::ensure!(failed.is_empty(), "snapshot failed on {}", failed.join(", "));
         }
         Cmd::Train(args) => train(&cli.addr, &args).await?,
         Cmd::Eval(args) => {

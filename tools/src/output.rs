@@ -71,7 +71,20 @@ pub fn hits_table(r: &pb::SearchResponse) -> String {
 pub fn info_table(r: &pb::ClusterInfoResponse) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(["shard", "address", "state", "items", "tombstones", "users", "vshards", "model", "provider"]);
+    t.set_header([
+        "shard",
+        "address",
+        "state",
+        "items",
+        "tombstones",
+        "users",
+        "vshards",
+        "model",
+        "provider",
+        "wal seq",
+        "snapshot seq",
+        "wal bytes",
+    ]);
     for s in &r.shards {
         let state = pb::ShardState::try_from(s.state)
             .map(|s| s.as_str_name().trim_start_matches("SHARD_STATE_").to_string())
@@ -86,9 +99,31 @@ pub fn info_table(r: &pb::ClusterInfoResponse) -> String {
             s.virtual_shards.to_string(),
             s.model.clone(),
             s.execution_provider.clone(),
+            s.wal_last_seq.to_string(),
+            s.snapshot_seq.to_string(),
+            s.wal_bytes.to_string(),
         ]);
     }
     format!("{t}\n{} virtual shards, dimension {}", r.virtual_shards, r.dimension)
+}
+
+/// The result of `vitrine snapshot`.
+pub fn snapshot_table(r: &pb::CreateSnapshotResponse) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    t.set_header(["shard", "seq", "items", "users", "bytes", "ms", "error"]);
+    for s in &r.shards {
+        t.add_row(vec![
+            s.shard.to_string(),
+            s.seq.to_string(),
+            s.items.to_string(),
+            s.users.to_string(),
+            s.bytes.to_string(),
+            s.elapsed_ms.to_string(),
+            s.error.clone(),
+        ]);
+    }
+    t.to_string()
 }
 
 fn truncate(s: &str, n: usize) -> String {

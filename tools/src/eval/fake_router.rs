@@ -167,4 +167,11 @@ impl Vitrine for FakeRouter {
     ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn create_snapshot(
+        &self,
+        _: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
