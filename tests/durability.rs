@@ -220,7 +220,7 @@ async fn acknowledged_writes_survive_a_crash_loop() {
     let rounds: u32 = std::env::var("VITRINE_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let mut opts = Options::shards(2).vectors_only(DIM);
     opts.shard_args.extend(["--snapshot-wal-bytes".into(), "49152".into()]);
-    opts.per_shard_args = vec![vec![], vec!["--fsync".into(), "group".into()]];
+    opts.per_shard_args = vec![vec!["--fsync".into(), "always".into()], vec!["--fsync".into(), "group".into()]];
     let mut cluster = Cluster::start(opts);
     let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -261,12 +261,14 @@ async fn acknowledged_writes_survive_a_crash_loop() {
         .sum();
     eprintln!(
         "crash loop: {rounds} kill -9 rounds in {:.1} s; {} writes acknowledged, {} failed; {} checks of acknowledged \
-         state; {} ids left unchecked; {snapshots} snapshot directories on disk",
+         state; {} ids unchecked at the end (last write refused) and {} never checked again (a write timed out); \
+         {snapshots} snapshot directories on disk",
         started.elapsed().as_secs_f64(),
         l.acked_writes,
         l.failed_writes,
         checks,
-        l.unsure.len() + l.never.len()
+        l.unsure.len(),
+        l.never.len()
     );
     assert!(l.acked_writes >= u64::from(rounds) * 5, "the writer made too little progress to test anything");
     assert!(l.failed_writes > 0, "no write ever hit a dead shard: the kills did not overlap the writes");
@@ -449,4 +451,127 @@ async fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
     assert!(l.acked_writes > 10, "{} writes acknowledged before the signal", l.acked_writes);
     assert!(l.failed_writes > 0, "writes after the signal must be refused");
     verify(&cluster, &l, 1).await;
+}
+
+/// A mount namespace of the test's own holding a small tmpfs, so a shard
+/// can run out of disk without touching the machine's file systems. Lives
+/// as long as its holder process (`unshare … sleep`).
+struct SmallDisk {
+    holder: std::process::Child,
+    /// Where the tmpfs is mounted (inside the namespace; an empty
+    /// directory outside it).
+    mount: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(size: &str) -> Self {
+        use std::process::Command;
+        let mount = tempfile::tempdir().unwrap();
+        let holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "900"])
+            .spawn()
+            .expect("unshare (util-linux) starts a mount namespace for the full-disk test");
+        let pid = holder.id();
+        // unshare execs sleep once the namespace exists.
+        let started = Instant::now();
+        while !std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().starts_with("sleep") {
+            assert!(started.elapsed() < Duration::from_secs(10), "unshare did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let status = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-m", "--", "mount", "-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(mount.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs in the test's namespace failed (needs CAP_SYS_ADMIN)");
+        Self { holder, mount }
+    }
+
+    /// `nsenter` into the namespace, for running a shard in it.
+    fn wrapper(&self) -> Vec<String> {
+        ["nsenter", "-t", &self.holder.id().to_string(), "-m", "--"].iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A path inside the tmpfs, as seen from outside the namespace.
+    fn path(&self, relative: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/proc/{}/root{}", self.holder.id(), self.mount.path().display()))
+            .join(relative)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// A full disk: writes are refused with RESOURCE_EXHAUSTED and are not
+/// applied, reads keep working, nothing acknowledged is damaged, and writes
+/// succeed again once space returns — also across a crash and restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_and_recovers_when_space_returns() {
+    use std::io::Write;
+    let disk = SmallDisk::new("8m");
+    let mut opts = Options::shards(1).vectors_only(DIM);
+    opts.shard_wrapper = disk.wrapper();
+    opts.data_root = Some(disk.mount.path().to_path_buf());
+    let mut cluster = Cluster::start(opts);
+    let mut c = connect(&cluster.url()).await.unwrap();
+    let ledger = std::sync::Mutex::new(Ledger::default());
+    let mut rng = StdRng::seed_from_u64(13);
+    for n in 0..40 {
+        write_once(&mut c, &mut rng, &ledger, "", n).await;
+    }
+    // Fill the rest of the disk.
+    let filler = disk.path("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    while f.write_all(&chunk).is_ok() {}
+    drop(f);
+
+    // The log's last page may still have room for a write or two (the file
+    // system allocates whole pages); after that every write is refused.
+    let mut refused = Vec::new();
+    for n in 40..60 {
+        let id = format!("full-{n}");
+        let item = pb::Item {
+            id: id.clone(),
+            title: format!("written while the disk is full {n}"),
+            description: "padding ".repeat(400),
+            vector: Some(pb::Vector { values: unit(&mut rng) }),
+            ..Default::default()
+        };
+        match c.upsert_items(pb::UpsertItemsRequest { items: vec![item.clone()] }).await {
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                assert!(s.message().contains("storage is full"), "{}", s.message());
+                refused.push(id);
+            }
+            Ok(_) => {
+                let vector = item.vector.map(|v| v.values).unwrap_or_default();
+                ledger.lock().unwrap().items.insert(id, Expect::Present { title: item.title, vector });
+            }
+        }
+    }
+    eprintln!("full disk: {} of 20 writes refused with RESOURCE_EXHAUSTED", refused.len());
+    assert!(refused.len() >= 15, "only {} of 20 writes refused on a full disk", refused.len());
+    let got = c.get_items(pb::GetItemsRequest { ids: refused.clone(), with_vectors: false }).await.unwrap();
+    assert_eq!(got.into_inner().missing, refused, "refused writes are not applied");
+    let copy = ledger.lock().unwrap().clone();
+    assert_eq!(copy.failed_writes, 0);
+    verify(&cluster, &copy, 1).await;
+
+    // Space returns: writes are accepted again, and everything survives a crash.
+    std::fs::remove_file(&filler).unwrap();
+    for n in 60..100 {
+        write_once(&mut c, &mut rng, &ledger, "", n).await;
+    }
+    cluster.kill_shard(0);
+    cluster.restart_shard(0);
+    tokio::task::block_in_place(|| cluster.wait_serving(1));
+    let copy = ledger.lock().unwrap().clone();
+    assert_eq!(copy.failed_writes, 0, "writes after space returned were all acknowledged");
+    let checks = verify(&cluster, &copy, 1).await;
+    assert!(checks > 100, "{checks}");
 }

@@ -1,8 +1,13 @@
 //! Router configuration: flags, each also settable through `VITRINE_ROUTER_*`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
+use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
+use vitrine_security::{tls, ApiKeys};
 
 use crate::rank::RankSettings;
 use crate::recommend::UserVectorParams;
@@ -48,6 +53,106 @@ pub struct RouterConfig {
     /// each weight; see docs/QUALITY.md for how the defaults were chosen).
     #[command(flatten)]
     pub ranking: RankingArgs,
+    /// TLS and API keys (docs/OPERATIONS.md, Security); all off by default.
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// TLS towards clients and shards, and API keys. The certificate, key, CA
+/// and key-file variables are the ones the Helm chart sets for both
+/// workloads, hence no `VITRINE_ROUTER_` prefix.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SecurityArgs {
+    /// PEM certificate chain presented to clients; with --tls-key the public
+    /// API is served over TLS only.
+    #[arg(long, env = "VITRINE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "VITRINE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate that signed the shards' certificates. When set, the
+    /// router calls shards over TLS (`host:port` means https) and trusts
+    /// this CA only.
+    #[arg(long, env = "VITRINE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate presented to shards, for shards that require
+    /// mutual TLS (`vitrine-shard --tls-client-auth`).
+    #[arg(long, env = "VITRINE_ROUTER_SHARD_TLS_CERT", requires_all = ["shard_tls_key", "tls_ca"])]
+    pub shard_tls_cert: Option<PathBuf>,
+    /// PEM private key of --shard-tls-cert.
+    #[arg(long, env = "VITRINE_ROUTER_SHARD_TLS_KEY", requires = "shard_tls_cert")]
+    pub shard_tls_key: Option<PathBuf>,
+    /// Name every shard's certificate must carry, instead of the host of
+    /// each shard address.
+    #[arg(long, env = "VITRINE_ROUTER_SHARD_TLS_DOMAIN", requires = "tls_ca")]
+    pub shard_tls_domain: Option<String>,
+    /// API key file: one `read:<key>` or `write:<key>` per line. Re-read
+    /// when it changes (see --api-keys-reload-ms). With keys from here or
+    /// VITRINE_API_KEYS every call but health and reflection needs
+    /// `authorization: Bearer <key>`; with neither, there is no auth.
+    #[arg(long, env = "VITRINE_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// API keys as a list (`read:<key>,write:<key>`), fixed until restart.
+    /// Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, env = "VITRINE_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<KeyList>,
+    /// How often the API key file is checked for changes, in ms.
+    #[arg(long, env = "VITRINE_ROUTER_API_KEYS_RELOAD_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub api_keys_reload_ms: u64,
+    /// Also serve grpc.health.v1 alone, in plaintext, on this address: for
+    /// kubelet gRPC probes, which cannot use TLS.
+    #[arg(long, env = "VITRINE_ROUTER_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+}
+
+/// API keys given inline; never printed (`Debug` shows only that there are some).
+#[derive(Clone)]
+pub struct KeyList(pub String);
+
+impl std::str::FromStr for KeyList {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for KeyList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyList(<redacted>)")
+    }
+}
+
+impl SecurityArgs {
+    /// TLS for the public port, when a certificate is configured.
+    pub fn server_tls(&self) -> anyhow::Result<Option<ServerTlsConfig>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(tls::server_config(cert, key, None)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// TLS towards shards, when a CA is configured.
+    pub fn shard_tls(&self) -> anyhow::Result<Option<ClientTlsConfig>> {
+        let Some(ca) = &self.tls_ca else { return Ok(None) };
+        let identity = self.shard_tls_cert.as_deref().zip(self.shard_tls_key.as_deref());
+        Ok(Some(tls::client_config(ca, identity, self.shard_tls_domain.as_deref())?))
+    }
+
+    /// The API keys, when any source is configured (even an empty one: an
+    /// emptied key file must refuse everyone, not switch auth off).
+    pub fn api_keys(&self) -> anyhow::Result<Option<ApiKeys>> {
+        if self.api_keys_file.is_none() && self.api_keys.is_none() {
+            return Ok(None);
+        }
+        let list = self.api_keys.as_ref().map(|k| k.0.as_str());
+        ApiKeys::load(self.api_keys_file.as_deref(), list, "VITRINE_API_KEYS").context("loading API keys").map(Some)
+    }
+
+    pub fn api_keys_reload(&self) -> Duration {
+        Duration::from_millis(self.api_keys_reload_ms)
+    }
 }
 
 /// Ranking defaults.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 use tracing::Instrument;
 use vitrine_proto::pb::{self, shard_client::ShardClient};
@@ -44,18 +44,36 @@ pub struct Gathered<T> {
 
 impl Shards {
     /// Creates lazily connected channels: a shard that is down at start-up is
-    /// connected when it comes up, without restarting the router.
-    pub fn connect(addresses: &[String], max_message_bytes: usize) -> anyhow::Result<Self> {
+    /// connected when it comes up, without restarting the router. With `tls`
+    /// every shard is called over TLS (`host:port` means `https://`); a
+    /// scheme that disagrees with it is refused rather than silently mixed.
+    pub fn connect(
+        addresses: &[String],
+        max_message_bytes: usize,
+        tls: Option<&ClientTlsConfig>,
+    ) -> anyhow::Result<Self> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut shards = Vec::with_capacity(addresses.len());
         for (i, addr) in addresses.iter().enumerate() {
-            let uri = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
-            let endpoint = Endpoint::from_shared(uri.clone())
+            let uri = if addr.contains("://") { addr.clone() } else { format!("{scheme}://{addr}") };
+            match (tls.is_some(), uri.starts_with("https://")) {
+                (true, false) => {
+                    anyhow::bail!("shard address {addr:?} is not https, but --tls-ca turns on TLS to shards")
+                }
+                (false, true) => anyhow::bail!("shard address {addr:?} is https: --tls-ca must name the CA to trust"),
+                _ => {}
+            }
+            let mut endpoint = Endpoint::from_shared(uri.clone())
                 .map_err(|e| anyhow::anyhow!("shard address {addr:?}: {e}"))?
                 // Dead shards must fail fast so reads can degrade instead of waiting.
                 .connect_timeout(Duration::from_millis(250))
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5));
+            if let Some(tls) = tls {
+                endpoint =
+                    endpoint.tls_config(tls.clone()).map_err(|e| anyhow::anyhow!("TLS to shard {addr:?}: {e}"))?;
+            }
             let client = ShardClient::new(endpoint.connect_lazy())
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes);

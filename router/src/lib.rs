@@ -5,9 +5,11 @@
 //! [`pipeline`]: user vector by attention ([`recommend`]), candidates from
 //! the index, behavioural signals and popularity, then the global ranking
 //! phase ([`rank`]). [`service`] wires it to gRPC; [`metrics`] holds the
-//! router's Prometheus metrics.
+//! router's Prometheus metrics; [`access`] says which API key scope each
+//! RPC needs (TLS and keys themselves: `vitrine-security`).
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod config;
 pub mod deadline;
 pub mod fanout;
@@ -38,7 +40,8 @@ pub fn build(config: &RouterConfig) -> anyhow::Result<Arc<Router>> {
         anyhow::bail!("--min-coverage must be within 0..=1, got {}", config.min_coverage);
     }
     let topology = Topology::uniform(config.virtual_shards, config.shards.len() as u32)?;
-    let mut shards = Shards::connect(&config.shards, config.max_message_mib << 20)?;
+    let shard_tls = config.security.shard_tls()?;
+    let mut shards = Shards::connect(&config.shards, config.max_message_mib << 20, shard_tls.as_ref())?;
     shards.min_coverage = config.min_coverage;
     shards.topk_probability = config.topk_probability;
     let r = &config.ranking;
@@ -88,7 +91,10 @@ pub fn build(config: &RouterConfig) -> anyhow::Result<Arc<Router>> {
 }
 
 /// Serves the public API (plus grpc.health.v1 and reflection) until
-/// `shutdown`, and Prometheus metrics when `--metrics-addr` is set.
+/// `shutdown`, and Prometheus metrics when `--metrics-addr` is set. With a
+/// certificate the API port speaks TLS only; with API keys every call but
+/// health and reflection needs one (`access`), and the key file is
+/// re-read while serving.
 pub async fn serve(
     config: &RouterConfig,
     router: Arc<Router>,
@@ -105,8 +111,29 @@ pub async fn serve(
         }
         None => None,
     };
+    let security = &config.security;
+    let tls = security.server_tls()?;
+    let keys = security.api_keys()?;
+    match (&tls, &keys) {
+        (Some(_), None) => {
+            tracing::warn!("TLS is on but no API keys are configured: anyone who reaches the port may read and write")
+        }
+        (None, Some(_)) => {
+            tracing::warn!("API keys are checked but the port has no TLS: keys cross the network in the clear")
+        }
+        _ => {}
+    }
+    if let Some(keys) = &keys {
+        tracing::info!(keys = %keys.counts(), file = ?keys.file(), "API keys required");
+    }
+    // Dropped when serving ends: the file watch and the health port stop.
+    let _watch = keys.as_ref().and_then(|k| k.watch(security.api_keys_reload()));
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::vitrine_server::VitrineServer<VitrineService>>().await;
+    let _health_port = security
+        .health_listen
+        .map(|addr| vitrine_security::HealthPort::spawn(addr, health_reporter.clone()))
+        .transpose()?;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -115,17 +142,29 @@ pub async fn serve(
     let svc = pb::vitrine_server::VitrineServer::new(VitrineService::new(router))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    tracing::info!(listen = %config.listen, shards = config.shards.len(), "router serving");
+    tracing::info!(
+        listen = %config.listen,
+        shards = config.shards.len(),
+        tls = tls.is_some(),
+        shard_tls = security.tls_ca.is_some(),
+        "router serving"
+    );
     let requests = vitrine_metrics::RequestMetricsLayer::new(
         vitrine_metrics::RequestMetrics::global(),
         pb::vitrine_server::SERVICE_NAME,
         pb::methods::VITRINE,
     );
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).context("TLS configuration")?;
+    }
+    server
         // The first layer is the outermost: request metrics record the status
-        // code after `status` has corrected it, as the client receives it.
+        // code after `status` has corrected it, as the client receives it,
+        // refusals by `auth` included.
         .layer(requests)
         .layer(tower::util::MapResponseLayer::new(status::oversize_is_resource_exhausted))
+        .layer(vitrine_security::AuthLayer::new(keys, access::required))
         .add_service(health)
         .add_service(reflection)
         .add_service(svc)

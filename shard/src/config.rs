@@ -67,13 +67,15 @@ pub struct ShardConfig {
     #[arg(long, env = "VITRINE_SHARD_COMPACT_MIN", default_value_t = 1000)]
     pub compact_min: usize,
     /// When WAL appends reach the disk (docs/RELIABILITY.md): `always`
-    /// (fsync per write), `group` (writers share an fsync every
-    /// --fsync-group-ms; same guarantee) or `never` (the OS flushes; survives
+    /// (fsync per write), `group` (concurrent writers share one fsync; same
+    /// guarantee) or `never` (the OS flushes; survives
     /// a process crash, not a power loss).
-    #[arg(long, env = "VITRINE_SHARD_FSYNC", value_enum, default_value = "always")]
+    #[arg(long, env = "VITRINE_SHARD_FSYNC", value_enum, default_value = "group")]
     pub fsync: FsyncPolicy,
-    /// Interval of the shared fsync under `--fsync group`, in milliseconds.
-    #[arg(long, env = "VITRINE_SHARD_FSYNC_GROUP_MS", default_value_t = 2)]
+    /// Under `--fsync group`: extra wait before each shared fsync, in
+    /// milliseconds, to gather more writers per flush; 0 flushes as soon as
+    /// the previous flush ends.
+    #[arg(long, env = "VITRINE_SHARD_FSYNC_GROUP_MS", default_value_t = 0)]
     pub fsync_group_ms: u64,
     /// Write a snapshot (and cut the WAL) once this many bytes of WAL were
     /// written since the last one; 0: only on request (`vitrine snapshot`).
@@ -99,4 +101,24 @@ pub struct ShardConfig {
     /// Log as JSON lines.
     #[arg(long, env = "VITRINE_LOG_JSON")]
     pub log_json: bool,
+    /// PEM certificate chain presented to the router; with --tls-key the
+    /// shard serves TLS only. (The chart sets these variables for both
+    /// workloads, hence no `VITRINE_SHARD_` prefix.)
+    #[arg(long, env = "VITRINE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "VITRINE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate that signs client certificates, for
+    /// --tls-client-auth.
+    #[arg(long, env = "VITRINE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: refuse clients without a certificate signed by --tls-ca
+    /// (the router presents one with --shard-tls-cert).
+    #[arg(long, env = "VITRINE_SHARD_TLS_CLIENT_AUTH", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_client_auth: bool,
+    /// Also serve grpc.health.v1 alone, in plaintext, on this address: for
+    /// kubelet gRPC probes, which cannot use TLS.
+    #[arg(long, env = "VITRINE_SHARD_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
 }

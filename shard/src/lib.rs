@@ -89,7 +89,7 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     let catalog = Arc::new(Catalog::new(dimension, params, policy));
     let wal_options = WalOptions {
         fsync: config.fsync,
-        group_interval: Duration::from_millis(config.fsync_group_ms.max(1)),
+        group_interval: Duration::from_millis(config.fsync_group_ms),
         repair: config.repair_wal,
     };
     let recovered = store::recover(&config.data_dir, wal_options)?;
@@ -122,43 +122,49 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         embedder,
         limits: Limits::default(),
     });
+    // Items from the snapshot and the log are staged into their final state
+    // first and indexed with one parallel build: replaying upserts one by
+    // one would insert on a single core, and also index points a later
+    // delete or update makes dead. Events and signals apply in order.
+    let loading = Instant::now();
+    let mut staged = Staged::default();
     let mut snapshot_items = 0;
     if let Some(snap) = &recovered.snapshot {
-        let loading = Instant::now();
-        let mut items = Vec::new();
         let mut bad = None;
         let manifest = snapshot::load(snap, |record| match record.op {
             Some(wal::Op::Upsert(req)) => {
-                if bad.is_none() {
-                    bad = wrong_dimension(&req, dimension);
-                }
-                items.extend(req.items.into_iter().filter_map(StoredItem::from_wire));
+                bad = bad.take().or_else(|| wrong_dimension(&req, dimension));
+                staged.upsert(req.items);
             }
             _ => state.apply(record),
         })?;
         if let Some(msg) = bad {
             anyhow::bail!("{}: {msg}; the snapshot was written with another model", snap.path.display());
         }
-        snapshot_items = items.len();
-        let read_ms = loading.elapsed().as_millis() as u64;
-        state.catalog.restore(items);
-        tracing::info!(
-            seq = manifest.seq,
-            items = snapshot_items,
-            read_ms,
-            index_ms = loading.elapsed().as_millis() as u64 - read_ms,
-            "snapshot loaded"
-        );
+        snapshot_items = staged.len();
+        tracing::info!(seq = manifest.seq, items = snapshot_items, "snapshot loaded");
     }
     let records = recovered.replay.records.len();
     for record in recovered.replay.records {
-        if let Some(wal::Op::Upsert(req)) = &record.op {
-            if let Some(msg) = wrong_dimension(req, dimension) {
-                anyhow::bail!("{}: {msg}; the log was written with another model", config.data_dir.display());
+        match record.op {
+            Some(wal::Op::Upsert(req)) => {
+                if let Some(msg) = wrong_dimension(&req, dimension) {
+                    anyhow::bail!("{}: {msg}; the log was written with another model", config.data_dir.display());
+                }
+                staged.upsert(req.items);
             }
+            Some(wal::Op::Delete(req)) => staged.delete(&req.ids),
+            op => state.apply(wal::WalRecord { op }),
         }
-        state.apply(record);
     }
+    let read_ms = loading.elapsed().as_millis() as u64;
+    state.catalog.restore(staged.into_items());
+    tracing::info!(
+        items = state.catalog.len(),
+        read_ms,
+        index_ms = loading.elapsed().as_millis() as u64 - read_ms,
+        "catalogue indexed"
+    );
     state.catalog.maybe_compact_in_background();
     tracing::info!(
         shard = config.shard_id,
@@ -175,6 +181,39 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         "shard recovered"
     );
     Ok(state)
+}
+
+/// Items by id in their final state during recovery, remembering the order
+/// of each id's last write (the order they are indexed in).
+#[derive(Default)]
+struct Staged {
+    items: std::collections::HashMap<String, (u64, StoredItem)>,
+    writes: u64,
+}
+
+impl Staged {
+    fn upsert(&mut self, items: Vec<pb::Item>) {
+        for item in items.into_iter().filter_map(StoredItem::from_wire) {
+            self.writes += 1;
+            self.items.insert(item.item.id.clone(), (self.writes, item));
+        }
+    }
+
+    fn delete(&mut self, ids: &[String]) {
+        for id in ids {
+            self.items.remove(id);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn into_items(self) -> Vec<StoredItem> {
+        let mut items: Vec<(u64, StoredItem)> = self.items.into_values().collect();
+        items.sort_unstable_by_key(|(order, _)| *order);
+        items.into_iter().map(|(_, it)| it).collect()
+    }
 }
 
 /// Why an upsert's vectors cannot belong to this shard's model, if they cannot.
@@ -207,8 +246,22 @@ pub async fn serve(
         None => None,
     };
     type Server = pb::shard_server::ShardServer<ShardService>;
+    // TLS, and mutual TLS (only clients with a certificate from --tls-ca,
+    // i.e. the router) with --tls-client-auth.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let client_ca = config.tls_ca.as_deref().filter(|_| config.tls_client_auth);
+            Some(vitrine_security::tls::server_config(cert, key, client_ca)?)
+        }
+        _ => None,
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<Server>().await;
+    // Stops with this function: after the drain, like the main port.
+    let _health_port = config
+        .health_listen
+        .map(|addr| vitrine_security::HealthPort::spawn(addr, health_reporter.clone()))
+        .transpose()?;
     let max = config.max_message_mib << 20;
     let draining = Arc::new(AtomicBool::new(false));
     let refuse_when_draining = {
@@ -238,13 +291,23 @@ pub async fn serve(
         health_reporter.set_not_serving::<Server>().await;
         tokio::time::sleep(drain).await;
     };
-    tracing::info!(listen = %config.listen, shard = config.shard_id, "shard serving");
+    tracing::info!(
+        listen = %config.listen,
+        shard = config.shard_id,
+        tls = tls.is_some(),
+        mutual_tls = tls.is_some() && config.tls_client_auth,
+        "shard serving"
+    );
     let requests = vitrine_metrics::RequestMetricsLayer::new(
         vitrine_metrics::RequestMetrics::global(),
         pb::shard_server::SERVICE_NAME,
         pb::methods::SHARD,
     );
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).context("TLS configuration")?;
+    }
+    server
         .layer(requests)
         .add_service(health)
         .add_service(svc)

@@ -19,7 +19,8 @@ NS = chartlib.NAMESPACE
 # The chart's minimum (Chart.yaml kubeVersion) and the newest schema the
 # pinned kubernetes-validate ships.
 KUBE_VERSIONS = ["1.28", ".".join(latest_version().split(".")[:2])]
-API_KEY = "test-key-0123456789abcdef"
+API_KEY = "write:test-key-0123456789abcdef"
+HEALTH_PORT = 8086
 
 
 def case_values(gpu: bool, count: int, tls: bool, metrics: bool) -> dict:
@@ -128,13 +129,16 @@ def test_selectors_match_pod_labels(case):
 
 
 def test_probes_on_every_container(case):
+    # Kubelet gRPC probes cannot use TLS: with TLS on they go to the
+    # plaintext health port, which each binary then serves.
+    probe_port_name = "health" if case["tls"] else "grpc"
     for w in workloads(case["objs"]):
         for c in containers(w):
-            grpc_port = {p["name"]: p["containerPort"] for p in c["ports"]}["grpc"]
+            probe_port = {p["name"]: p["containerPort"] for p in c["ports"]}[probe_port_name]
             for probe in ("readinessProbe", "livenessProbe"):
-                assert c[probe]["grpc"]["port"] == grpc_port, (w["metadata"]["name"], probe)
+                assert c[probe]["grpc"]["port"] == probe_port, (w["metadata"]["name"], probe)
     (shard,) = containers(shard_sts(case["objs"]))
-    assert shard["startupProbe"]["grpc"]["port"] == 50061
+    assert shard["startupProbe"]["grpc"]["port"] == (HEALTH_PORT if case["tls"] else 50061)
     # Models and WAL replay get minutes, not the liveness probe's seconds.
     sp = shard["startupProbe"]
     assert sp["failureThreshold"] * sp["periodSeconds"] >= 300
@@ -193,14 +197,20 @@ def test_tls_and_auth_only_when_enabled(case):
         env = effective_env(objs, c)
         mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
         volumes = {v["name"]: v for v in spec["volumes"]}
+        component = w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        health_var = f"VITRINE_{component.upper()}_HEALTH_LISTEN"
         if case["tls"]:
             assert {k: env.get(k) for k in tls_env} == tls_env
+            assert env[health_var] == f"0.0.0.0:{HEALTH_PORT}"
             m = mounts["/etc/vitrine/tls"]
             assert m["readOnly"] is True
             assert volumes[m["name"]]["secret"]["secretName"] == "vitrine-tls"
         else:
             assert not set(tls_env) & set(env)
+            assert health_var not in env
             assert "/etc/vitrine/tls" not in mounts
+        # Mutual TLS is a separate choice (test_mutual_tls).
+        assert not {"VITRINE_SHARD_TLS_CLIENT_AUTH", "VITRINE_ROUTER_SHARD_TLS_CERT"} & set(env)
     (router,) = router_deploy(objs)["spec"]["template"]["spec"]["containers"]
     env = effective_env(objs, router)
     if case["tls"]:  # the matrix turns auth on with TLS
@@ -281,18 +291,29 @@ def test_configmap_carries_settings(default_objs):
     cm = one(default_objs, "ConfigMap", f"{R}-config")["data"]
     assert cm["VITRINE_SHARD_MODEL_DIR"] == "/opt/vitrine/models/all-minilm-l6-v2"
     assert cm["VITRINE_SHARD_ORT_LIB"] == "/opt/vitrine/models/libonnxruntime.so.1.31.1"
-    assert cm["VITRINE_SHARD_FSYNC"] == "always"
+    assert cm["VITRINE_SHARD_FSYNC"] == "group"
     assert cm["VITRINE_LOG_JSON"] == "true"
-    objs = chartlib.render({"shard": {"fsync": "never"}, "router": {"minCoverage": 0.75},
+    assert cm["VITRINE_SHARD_SNAPSHOTS_KEEP"] == "2"
+    objs = chartlib.render({"shard": {"fsync": "always", "fsyncGroupMs": 5, "snapshotWalBytes": 0, "drainMs": 0},
+                            "router": {"minCoverage": 0.75},
                             "extraConfig": {"VITRINE_SHARD_HNSW_EF_SEARCH": 128}})
     cm2 = one(objs, "ConfigMap", f"{R}-config")["data"]
-    assert cm2["VITRINE_SHARD_FSYNC"] == "never"
+    assert cm2["VITRINE_SHARD_FSYNC"] == "always"
+    assert cm2["VITRINE_SHARD_FSYNC_GROUP_MS"] == "5"
+    assert cm2["VITRINE_SHARD_SNAPSHOT_WAL_BYTES"] == "0"
+    assert cm2["VITRINE_SHARD_DRAIN_MS"] == "0"
     assert cm2["VITRINE_ROUTER_MIN_COVERAGE"] == "0.75"
     assert cm2["VITRINE_SHARD_HNSW_EF_SEARCH"] == "128"
     # A config change rolls the pods.
     ann = lambda objs, w: w(objs)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]  # noqa: E731
     assert ann(default_objs, router_deploy) != ann(objs, router_deploy)
     assert ann(default_objs, shard_sts) != ann(objs, shard_sts)
+
+
+def test_drain_must_fit_in_the_grace_period():
+    with pytest.raises(Exception, match="drainMs must be shorter"):
+        chartlib.render({"shard": {"drainMs": 60000, "terminationGracePeriodSeconds": 60}})
+    chartlib.render({"shard": {"drainMs": 59000, "terminationGracePeriodSeconds": 60}})
 
 
 def test_other_release_name_namespace_and_domain():
@@ -359,6 +380,17 @@ def test_network_policy_rules():
     assert len(one(objs, "NetworkPolicy", f"{R}-shard")["spec"]["ingress"]) == 1
 
 
+def test_mutual_tls():
+    objs = chartlib.render({"tls": {"enabled": True, "existingSecret": "vitrine-tls", "mutual": True}})
+    (router,) = containers(router_deploy(objs))
+    (shard,) = containers(shard_sts(objs))
+    router_env, shard_env = effective_env(objs, router), effective_env(objs, shard)
+    assert router_env["VITRINE_ROUTER_SHARD_TLS_CERT"] == "/etc/vitrine/tls/tls.crt"
+    assert router_env["VITRINE_ROUTER_SHARD_TLS_KEY"] == "/etc/vitrine/tls/tls.key"
+    assert shard_env["VITRINE_SHARD_TLS_CLIENT_AUTH"] == "true"
+    assert shard_env["VITRINE_TLS_CA"] == "/etc/vitrine/tls/ca.crt"
+
+
 def test_auth_existing_secret_renders_no_secret():
     objs = chartlib.render({"auth": {"enabled": True, "existingSecret": "shop-keys", "secretKey": "keys.txt"}})
     assert by_kind(objs, "Secret") == []
@@ -375,6 +407,9 @@ def test_auth_existing_secret_renders_no_secret():
     ({"router": {"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}}, "minReplicas"),
     ({"router": {"podDisruptionBudget": {"maxUnavailable": 1}}}, "only one"),
     ({"metrics": {"enabled": True, "port": 50061}}, "metrics.port"),
+    ({"tls": {"enabled": True, "existingSecret": "t", "healthPort": 50051}}, "tls.healthPort"),
+    ({"tls": {"enabled": True, "existingSecret": "t", "healthPort": 9090}, "metrics": {"enabled": True}},
+     "tls.healthPort"),
 ])
 def test_inconsistent_values_fail_to_render(values, message):
     import helm_python as helm

@@ -130,6 +130,12 @@ BAD_VALUES = [
     {"tls": {"enabled": True}},
     {"auth": {"enabled": True}},
     {"auth": {"enabled": True, "apiKeys": ["short"]}},
+    {"auth": {"enabled": True, "apiKeys": ["read:short"]}},
+    {"auth": {"enabled": True, "apiKeys": ["test-key-0123456789abcdef"]}},
+    {"auth": {"enabled": True, "apiKeys": ["admin:test-key-0123456789abcdef"]}},
+    {"auth": {"enabled": True, "apiKeys": ["read:test key 0123456789abcdef"]}},
+    {"tls": {"healthPort": 0}},
+    {"tls": {"mutual": "yes"}},
     {"extraConfig": {"NOT VALID": "x"}},
     {"unknownTopLevel": True},
 ]

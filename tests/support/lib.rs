@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use vitrine_proto::pb::{self, vitrine_client::VitrineClient};
 
 pub fn workspace_root() -> PathBuf {
@@ -146,7 +147,47 @@ pub struct Options {
     /// Data directory root instead of a fresh temporary one (shard `i` uses
     /// `<root>/shard-<i>`).
     pub data_root: Option<PathBuf>,
+    /// Environment for the router (e.g. `VITRINE_API_KEYS`).
+    pub router_env: Vec<(String, String)>,
+    /// How clients reach the router when it has TLS or API keys: used by
+    /// [`Cluster::start`] to wait for it and by [`Cluster::url`].
+    pub access: Access,
 }
+
+/// How a test client reaches a server with TLS or API keys; the default is
+/// plaintext without a key.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// PEM CA to trust; the address becomes `https://`.
+    pub ca: Option<PathBuf>,
+    /// PEM certificate and key to present (mutual TLS).
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// Sent as `authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+}
+
+impl Access {
+    /// This access with another key (or none).
+    pub fn with_key(&self, key: Option<&str>) -> Self {
+        Self { api_key: key.map(str::to_string), ..self.clone() }
+    }
+}
+
+/// Adds `authorization: Bearer <key>` to every call when there is a key.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A router client that sends its [`Access`]'s key.
+pub type SecureClient = VitrineClient<InterceptedService<Channel, Bearer>>;
 
 impl Options {
     pub fn shards(n: usize) -> Self {
@@ -159,6 +200,8 @@ impl Options {
             shard_env: Vec::new(),
             shard_wrapper: Vec::new(),
             data_root: None,
+            router_env: Vec::new(),
+            access: Access::default(),
         }
     }
 
@@ -187,6 +230,8 @@ pub struct Cluster {
     pub router_metrics: Option<String>,
     /// The shards' metrics addresses, in shard order (empty without metrics).
     pub shard_metrics: Vec<String>,
+    /// How clients reach the router (from [`Options::access`]).
+    pub access: Access,
     _dir: tempfile::TempDir,
 }
 
@@ -251,7 +296,7 @@ impl Cluster {
             name: "router".into(),
             bin: bins.join("vitrine-router"),
             args,
-            env: Vec::new(),
+            env: opts.router_env.clone(),
             wrapper: Vec::new(),
             log: dir.path().join("router.log"),
             child: None,
@@ -264,14 +309,17 @@ impl Cluster {
             shard_addrs: addrs,
             router_metrics: router_metrics.pop(),
             shard_metrics,
+            access: opts.access.clone(),
             _dir: dir,
         };
         c.wait_serving(opts.shards as u32);
         c
     }
 
+    /// The router's URL: `https://` when [`Options::access`] has a CA.
     pub fn url(&self) -> String {
-        format!("http://{}", self.router_addr)
+        let scheme = if self.access.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.router_addr)
     }
 
     /// Blocks until ClusterInfo reports `n` serving shards (bounded).
@@ -289,7 +337,7 @@ impl Cluster {
                 s.spawn(|| {
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
                     rt.block_on(async {
-                        let mut c = connect(&url).await.ok()?;
+                        let mut c = connect_with(&url, &self.access).await.ok()?;
                         let info = c.cluster_info(pb::ClusterInfoRequest {}).await.ok()?;
                         info.into_inner().coverage.map(|c| c.shards_answered)
                     })
@@ -352,9 +400,10 @@ impl Cluster {
         self.shards[i].child.as_ref().map(|c| c.id())
     }
 
-    /// The last lines a shard logged.
+    /// Everything a shard logged, across restarts (a start-up error comes
+    /// before the backtrace that follows it, so a tail could miss it).
     pub fn shard_log(&self, i: usize) -> String {
-        tail(&self.shards[i].log, 60)
+        std::fs::read_to_string(&self.shards[i].log).unwrap_or_default()
     }
 
     /// A shard's data directory.
@@ -393,6 +442,31 @@ impl Drop for Cluster {
 pub async fn connect(url: &str) -> anyhow::Result<VitrineClient<Channel>> {
     let ch = Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(2)).connect().await?;
     Ok(VitrineClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+}
+
+/// A channel to `url` (any gRPC server: router or shard), over TLS when
+/// `access` has a CA, presenting its identity when it has one.
+pub async fn channel(url: &str, access: &Access) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(2));
+    if let Some(ca) = &access.ca {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+        if let Some((cert, key)) = &access.identity {
+            tls = tls.identity(Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect().await?)
+}
+
+/// A router client with `access`'s TLS and key.
+pub async fn connect_with(url: &str, access: &Access) -> anyhow::Result<SecureClient> {
+    let bearer = match &access.api_key {
+        Some(k) => Some(format!("Bearer {k}").parse().map_err(|_| anyhow::anyhow!("API key is not ASCII"))?),
+        None => None,
+    };
+    Ok(VitrineClient::with_interceptor(channel(url, access).await?, Bearer(bearer))
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
 }
 
 /// Where the shared data sets are (`../shared/data` from the repository).

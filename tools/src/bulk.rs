@@ -5,11 +5,11 @@ use std::future::Future;
 
 use anyhow::Context;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use tonic::transport::Channel;
-use vitrine_proto::pb::{self, vitrine_client::VitrineClient};
+use vitrine_proto::pb;
 
 use crate::progress::Progress;
 use crate::signals::SignalsRecord;
+use crate::Client;
 
 /// Items per UpsertItems call: each batch is embedded by the shards before it
 /// is acknowledged, so small batches keep every call well inside the write
@@ -68,7 +68,7 @@ where
 
 /// Upserts items; returns the summed response.
 pub async fn upsert_items(
-    client: &VitrineClient<Channel>,
+    client: &Client,
     items: Vec<pb::Item>,
     batch: usize,
     concurrency: usize,
@@ -94,7 +94,7 @@ pub async fn upsert_items(
 /// Replaces the signals of the listed items; returns how many entries the
 /// router stored.
 pub async fn update_signals(
-    client: &VitrineClient<Channel>,
+    client: &Client,
     signals: Vec<pb::ItemSignals>,
     batch: usize,
     concurrency: usize,

@@ -5,17 +5,17 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use tonic::transport::Channel;
 use vitrine_proto::filter::build;
-use vitrine_proto::pb::{self, vitrine_client::VitrineClient};
+use vitrine_proto::pb;
 
 use crate::output::{hits_table, info_table};
+use crate::Client;
 
 /// Fictional products written for the demo (see demo/README.md), embedded in
 /// the binary so the demo needs no data files.
 pub const CATALOG: &str = include_str!("../../demo/catalog.jsonl");
 
-pub async fn load(client: &mut VitrineClient<Channel>) -> anyhow::Result<()> {
+pub async fn load(client: &mut Client) -> anyhow::Result<()> {
     let items = crate::catalog_file::parse(CATALOG, None)?;
     let started = Instant::now();
     let n = items.len();
@@ -34,7 +34,7 @@ fn title(s: &str) {
     println!("\n== {s}");
 }
 
-pub async fn show(client: &mut VitrineClient<Channel>) -> anyhow::Result<()> {
+pub async fn show(client: &mut Client) -> anyhow::Result<()> {
     let info = client.cluster_info(pb::ClusterInfoRequest {}).await?.into_inner();
     title("cluster");
     println!("{}", info_table(&info));

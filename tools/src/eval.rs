@@ -26,13 +26,13 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
-use vitrine_proto::pb::{self, vitrine_client::VitrineClient};
+use vitrine_proto::pb;
 
 use crate::bulk;
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::progress::Progress;
 use crate::signals::{self, Dataset, FitSummary, Signals, TrainParams};
+use crate::Client;
 use protocol::{Case, Stream};
 
 /// Cut-offs of HR@k and NDCG@k. Results must be at least this deep.
@@ -426,12 +426,7 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    async fn evaluate(
-        &self,
-        client: &VitrineClient<Channel>,
-        report: &mut Report,
-        phases: &mut Phases,
-    ) -> anyhow::Result<()> {
+    async fn evaluate(&self, client: &Client, report: &mut Report, phases: &mut Phases) -> anyhow::Result<()> {
         let (o, data) = (self.opts, self.data);
         if o.load_items {
             let t = Instant::now();
@@ -480,7 +475,7 @@ impl Ctx<'_> {
     /// Runs last: it leaves the cold-start signals in the cluster.
     async fn cold_start(
         &self,
-        client: &VitrineClient<Channel>,
+        client: &Client,
         report: &mut Report,
         phases: &mut Phases,
         vectors: &[Option<Vec<f32>>],
@@ -514,7 +509,7 @@ impl Ctx<'_> {
     }
 
     /// Sends signals for every item (so stale entries are cleared).
-    async fn upload(&self, client: &VitrineClient<Channel>, fitted: &[Signals]) -> anyhow::Result<()> {
+    async fn upload(&self, client: &Client, fitted: &[Signals]) -> anyhow::Result<()> {
         let wire: Vec<pb::ItemSignals> =
             signals::records(&self.data.items, fitted).into_iter().map(bulk::signals_to_wire).collect();
         let n = wire.len() as u64;
@@ -524,7 +519,7 @@ impl Ctx<'_> {
     }
 
     /// Every item's stored vector, by item index (None where missing).
-    async fn vectors(&self, client: &VitrineClient<Channel>) -> anyhow::Result<Vec<Option<Vec<f32>>>> {
+    async fn vectors(&self, client: &Client) -> anyhow::Result<Vec<Option<Vec<f32>>>> {
         let data = self.data;
         let ids: Vec<String> = data.items.iter().map(|i| i.id.clone()).collect();
         let batches: Vec<Vec<String>> = ids.chunks(VECTOR_BATCH).map(<[String]>::to_vec).collect();
@@ -597,7 +592,7 @@ impl Ctx<'_> {
     /// back in case order.
     async fn replay(
         &self,
-        client: &VitrineClient<Channel>,
+        client: &Client,
         cases: &[Case],
         label: &str,
         request: impl Fn(&Case) -> pb::RecommendRequest,

@@ -11,20 +11,31 @@ mod progress;
 mod signals;
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use vitrine_proto::filter::build;
 use vitrine_proto::pb::{self, vitrine_client::VitrineClient};
 
 #[derive(Parser)]
 #[command(name = "vitrine", version, about = "Vitrine: recommendations and search over gRPC")]
 struct Cli {
-    /// Router address.
+    /// Router address (https://... for a router with TLS; see --ca).
     #[arg(long, global = true, env = "VITRINE_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
+    /// API key, sent as `authorization: Bearer <key>` to a router that
+    /// requires keys. Prefer the environment variable: a flag shows in `ps`.
+    #[arg(long, global = true, env = "VITRINE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// PEM CA certificate to trust for an https:// address (the cluster's
+    /// CA; the system's roots are not used).
+    #[arg(long, global = true, env = "VITRINE_CA")]
+    ca: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -329,20 +340,63 @@ enum Cmd {
     Eval(EvalArgs),
 }
 
-/// Connects to the router.
-pub async fn connect(addr: &str) -> anyhow::Result<VitrineClient<Channel>> {
-    let channel = Endpoint::from_shared(addr.to_string())
+/// A router client that sends the API key, if one was given.
+pub type Client = VitrineClient<InterceptedService<Channel, Credentials>>;
+
+/// The API key and CA of the command line (`--api-key`, `--ca`), set once
+/// in `main` and used by every [`connect`]: a process talks to one cluster.
+static CREDENTIALS: OnceLock<(Credentials, Option<PathBuf>)> = OnceLock::new();
+
+/// Adds `authorization: Bearer <key>` to every call when there is a key.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    bearer: Option<MetadataValue<Ascii>>,
+}
+
+impl Credentials {
+    fn new(api_key: Option<&str>) -> anyhow::Result<Self> {
+        let bearer = api_key
+            .map(|k| {
+                format!("Bearer {}", k.trim())
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("the API key is not printable ASCII"))
+            })
+            .transpose()?;
+        Ok(Self { bearer })
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(b) = &self.bearer {
+            request.metadata_mut().insert("authorization", b.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Connects to the router: TLS trusting `--ca` for https:// addresses, and
+/// the `--api-key` on every call.
+pub async fn connect(addr: &str) -> anyhow::Result<Client> {
+    let (credentials, ca) = CREDENTIALS.get().cloned().unwrap_or_default();
+    let mut endpoint = Endpoint::from_shared(addr.to_string())
         .with_context(|| format!("bad address {addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    Ok(VitrineClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+        .connect_timeout(Duration::from_secs(2));
+    if addr.starts_with("https://") {
+        let ca =
+            ca.context("an https:// address needs --ca (or VITRINE_CA): the CA that signed the router's certificate")?;
+        let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
+        endpoint = endpoint.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("connecting to {addr}"))?;
+    Ok(VitrineClient::with_interceptor(channel, credentials)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
 }
 
 /// Streams items to the router in batches.
 pub async fn upload(
-    client: &mut VitrineClient<Channel>,
+    client: &mut Client,
     items: Vec<pb::Item>,
     batch: usize,
 ) -> anyhow::Result<pb::UpsertItemsResponse> {
@@ -371,6 +425,7 @@ fn print_hits(json: bool, r: &pb::SearchResponse) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let _ = CREDENTIALS.set((Credentials::new(cli.api_key.as_deref())?, cli.ca.clone()));
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)

@@ -98,6 +98,10 @@ The router's shard list, one address per pod of the StatefulSet, in ordinal
 {{- if and .Values.metrics.enabled (or (eq (int .Values.metrics.port) (int .Values.router.port)) (eq (int .Values.metrics.port) (int .Values.shard.port))) -}}
 {{- fail "metrics.port must differ from router.port and shard.port" -}}
 {{- end -}}
+{{- $hp := int .Values.tls.healthPort -}}
+{{- if and .Values.tls.enabled (or (eq $hp (int .Values.router.port)) (eq $hp (int .Values.shard.port)) (and .Values.metrics.enabled (eq $hp (int .Values.metrics.port)))) -}}
+{{- fail "tls.healthPort must differ from router.port, shard.port and metrics.port" -}}
+{{- end -}}
 {{- $pdb := .Values.router.podDisruptionBudget -}}
 {{- if and $pdb.enabled (eq (kindOf $pdb.minAvailable) "invalid") (eq (kindOf $pdb.maxUnavailable) "invalid") -}}
 {{- fail "router.podDisruptionBudget needs minAvailable or maxUnavailable" -}}
