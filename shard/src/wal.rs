@@ -296,6 +296,7 @@ impl Wal {
             } else if self.options.fsync == FsyncPolicy::Always && e.kind() != std::io::ErrorKind::StorageFull {
                 // The write went in but the fsync failed: the page cache may
                 // have dropped earlier dirty pages too (the "fsyncgate" rule).
+                tracing::error!(error = %e, "WAL fsync failed; the shard refuses writes until it is restarted");
                 self.poisoned = Some(e.to_string());
             }
             return Err(WalError::Io { path: active, source: e });
@@ -656,7 +657,10 @@ impl GroupSync {
             let mut s = self.state.lock();
             match result {
                 Ok(()) => s.synced = s.synced.max(target),
-                Err(e) => s.failed = Some(e.to_string()),
+                Err(e) => {
+                    tracing::error!(error = %e, "WAL fsync failed; the shard refuses writes until it is restarted");
+                    s.failed = Some(e.to_string());
+                }
             }
             self.changed.notify_all();
         }

@@ -325,7 +325,9 @@ enum Cmd {
         #[arg(long, value_parser = ["view", "click", "cart", "purchase"], default_value = "view")]
         r#type: String,
     },
-    /// Cluster topology and health.
+    /// Cluster status: topology, each shard's health, items, users, model
+    /// and execution provider, WAL and snapshot position. Also `status`.
+    #[command(alias = "status")]
     Info,
     /// Write a snapshot of every shard now and cut their write-ahead logs;
     /// exits non-zero when any shard failed.
