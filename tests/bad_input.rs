@@ -203,6 +203,42 @@ async fn acknowledged_data_survives_all_of_the_above(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Limits lowered in the router's configuration are enforced with the
+/// configured numbers in the message; a limit above the shards' own is
+/// refused at start-up. A cluster of its own (vectors only, one shard).
+async fn configured_limits(_ctx: &Ctx) -> anyhow::Result<()> {
+    let mut opts = Options::shards(1).vectors_only(4);
+    opts.router_args = ["--max-k", "5", "--max-batch", "3", "--max-history", "2"].map(String::from).to_vec();
+    let cluster = tokio::task::block_in_place(|| Cluster::start(opts));
+    let mut c = connect(&cluster.url()).await?;
+    let item = |i: u32| pb::Item {
+        id: format!("lim-{i}"),
+        vector: Some(pb::Vector { values: vec![1.0, 0.0, 0.0, i as f32] }),
+        ..Default::default()
+    };
+    let err = c.upsert_items(pb::UpsertItemsRequest { items: (0..4).map(item).collect() }).await.unwrap_err();
+    ensure!(err.code() == Code::InvalidArgument && err.message().contains("the limit is 3 per call"), "{err:?}");
+    c.upsert_items(pb::UpsertItemsRequest { items: (0..3).map(item).collect() }).await?;
+    let query = |k| pb::SearchRequest {
+        query: Some(pb::search_request::Query::Vector(pb::Vector { values: vec![1.0, 0.0, 0.0, 0.0] })),
+        k,
+        ..Default::default()
+    };
+    let err = c.search(query(6)).await.unwrap_err();
+    ensure!(err.code() == Code::InvalidArgument && err.message().contains("k must be 1 to 5"), "{err:?}");
+    ensure!(c.search(query(5)).await?.into_inner().hits.len() == 3);
+    let history = ["lim-0", "lim-1", "lim-2"].map(String::from).to_vec();
+    let err = c.recommend(pb::RecommendRequest { history, k: 2, ..Default::default() }).await.unwrap_err();
+    ensure!(err.code() == Code::InvalidArgument && err.message().contains("has 3 items; the limit is 2"), "{err:?}");
+    // Above the shards' limit: the router refuses to start.
+    let out = std::process::Command::new(vitrine_integration_tests::bin_dir().join("vitrine-router"))
+        .args(["--shard", "127.0.0.1:1", "--max-k", "5000"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && stderr.contains("--max-k must be between 1 and 1000"), "{stderr}");
+    Ok(())
+}
+
 fn main() {
     let mut args = Arguments::from_args();
     // One thread keeps the listed order, so the survival check really runs
@@ -232,6 +268,7 @@ fn main() {
         trial!(bad_filters),
         trial!(bad_images),
         trial!(oversized_messages_are_refused),
+        trial!(configured_limits),
     ];
     // Runs last (see test_threads above).
     trials.push(trial!(acknowledged_data_survives_all_of_the_above));

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
+use vitrine_proto::Limits;
 use vitrine_security::{tls, ApiKeys};
 
 use crate::rank::RankSettings;
@@ -56,6 +57,68 @@ pub struct RouterConfig {
     /// TLS and API keys (docs/OPERATIONS.md, Security); all off by default.
     #[command(flatten)]
     pub security: SecurityArgs,
+    /// Request limits, enforced before any shard is asked.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Request limits. Each may only be lowered from the default: the shards
+/// apply the defaults themselves, so a router allowing more would forward
+/// requests they refuse.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Largest `k` of a read.
+    #[arg(long, env = "VITRINE_ROUTER_MAX_K", default_value_t = Limits::default().max_k)]
+    pub max_k: usize,
+    /// Most items, ids or events in one write or lookup.
+    #[arg(long, env = "VITRINE_ROUTER_MAX_BATCH", default_value_t = Limits::default().max_batch)]
+    pub max_batch: usize,
+    /// Largest item title, in bytes.
+    #[arg(long, env = "VITRINE_ROUTER_MAX_TITLE_BYTES", default_value_t = Limits::default().max_title_bytes)]
+    pub max_title_bytes: usize,
+    /// Largest item description and query text, in bytes.
+    #[arg(long, env = "VITRINE_ROUTER_MAX_TEXT_BYTES", default_value_t = Limits::default().max_description_bytes)]
+    pub max_text_bytes: usize,
+    /// Most pixels in an image.
+    #[arg(long, env = "VITRINE_ROUTER_MAX_IMAGE_PIXELS", default_value_t = Limits::default().max_image_pixels)]
+    pub max_image_pixels: u64,
+    /// Longest history (and positive or negative example list) of a Recommend.
+    #[arg(long, env = "VITRINE_ROUTER_MAX_HISTORY", default_value_t = Limits::default().max_history)]
+    pub max_history: usize,
+    /// Requests one client connection may have in flight; more wait until
+    /// one finishes, so a single client cannot occupy every worker.
+    #[arg(long, env = "VITRINE_ROUTER_MAX_CONCURRENT_PER_CONNECTION", default_value_t = 256)]
+    pub max_concurrent_per_connection: usize,
+}
+
+impl LimitArgs {
+    /// The limits, refusing any above the shards' defaults or at zero.
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        let d = Limits::default();
+        let check = |flag: &str, value: u64, max: u64| -> anyhow::Result<()> {
+            anyhow::ensure!(
+                (1..=max).contains(&value),
+                "--{flag} must be between 1 and {max} (the shards' own limit), got {value}"
+            );
+            Ok(())
+        };
+        check("max-k", self.max_k as u64, d.max_k as u64)?;
+        check("max-batch", self.max_batch as u64, d.max_batch as u64)?;
+        check("max-title-bytes", self.max_title_bytes as u64, d.max_title_bytes as u64)?;
+        check("max-text-bytes", self.max_text_bytes as u64, d.max_description_bytes as u64)?;
+        check("max-image-pixels", self.max_image_pixels, d.max_image_pixels)?;
+        check("max-history", self.max_history as u64, d.max_history as u64)?;
+        anyhow::ensure!(self.max_concurrent_per_connection >= 1, "--max-concurrent-per-connection must be at least 1");
+        Ok(Limits {
+            max_k: self.max_k,
+            max_batch: self.max_batch,
+            max_title_bytes: self.max_title_bytes,
+            max_description_bytes: self.max_text_bytes,
+            max_image_pixels: self.max_image_pixels,
+            max_history: self.max_history,
+            ..d
+        })
+    }
 }
 
 /// TLS towards clients and shards, and API keys. The certificate, key, CA

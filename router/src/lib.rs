@@ -85,6 +85,7 @@ pub fn build(config: &RouterConfig) -> anyhow::Result<Arc<Router>> {
             target_attention: r.target_attention,
             ..defaults.user_vector.clone()
         },
+        limits: config.limits.limits()?,
         ..defaults
     };
     Ok(Arc::new(Router::new(Arc::new(shards), topology, settings)))
@@ -154,7 +155,8 @@ pub async fn serve(
         pb::vitrine_server::SERVICE_NAME,
         pb::methods::VITRINE,
     );
-    let mut server = tonic::transport::Server::builder();
+    let mut server = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(config.limits.max_concurrent_per_connection);
     if let Some(tls) = tls {
         server = server.tls_config(tls).context("TLS configuration")?;
     }
