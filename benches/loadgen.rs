@@ -117,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
                     ..Default::default()
                 })
                 .collect();
-            client.upsert_items(pb::UpsertItemsRequest { items }).await?;
+            client.upsert_items(pb::UpsertItemsRequest { items, ..Default::default() }).await?;
         }
         eprintln!("seeded {} items in {:.1} s", args.seed_items, started.elapsed().as_secs_f64());
     }

@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
                     }
                 })
                 .collect();
-            let record = WalRecord { op: Some(Op::Upsert(pb::ShardUpsertRequest { items })) };
+            let record = WalRecord { op: Some(Op::Upsert(pb::ShardUpsertRequest { items, ..Default::default() })) };
             wal.append(&record)?.wait_durable()?;
         }
         wal.sync()?;
@@ -127,7 +127,7 @@ fn main() -> anyhow::Result<()> {
                 ..Default::default()
             })
             .collect();
-        WalRecord { op: Some(Op::Upsert(pb::ShardUpsertRequest { items })) }
+        WalRecord { op: Some(Op::Upsert(pb::ShardUpsertRequest { items, ..Default::default() })) }
     };
     for fsync in [FsyncPolicy::Always, FsyncPolicy::Group, FsyncPolicy::Never] {
         let dir = tempfile::tempdir()?;

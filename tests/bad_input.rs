@@ -37,7 +37,7 @@ fn with_vector(id: &str, values: Vec<f32>) -> pb::Item {
 }
 
 fn upsert(items: Vec<pb::Item>) -> pb::UpsertItemsRequest {
-    pb::UpsertItemsRequest { items }
+    pb::UpsertItemsRequest { items, ..Default::default() }
 }
 
 async fn bad_ids(ctx: &Ctx) -> Result<()> {
@@ -57,7 +57,7 @@ async fn bad_ids(ctx: &Ctx) -> Result<()> {
         "empty",
     )?;
     expect(
-        c.delete_items(pb::DeleteItemsRequest { ids: vec!["x".repeat(257)] }).await,
+        c.delete_items(pb::DeleteItemsRequest { ids: vec!["x".repeat(257)], ..Default::default() }).await,
         Code::InvalidArgument,
         "257 bytes",
     )?;
@@ -132,6 +132,7 @@ async fn bad_queries(ctx: &Ctx) -> Result<()> {
     )?;
     let ev = |t: pb::EventType, user: &str| pb::RecordEventsRequest {
         events: vec![pb::Event { user_id: user.into(), item_id: "i".into(), r#type: t as i32, timestamp_ms: 0 }],
+        ..Default::default()
     };
     expect(c.record_events(ev(pb::EventType::Unspecified, "u")).await, Code::InvalidArgument, "type")?;
     expect(c.record_events(ev(pb::EventType::View, "")).await, Code::InvalidArgument, "user_id")?;
@@ -216,9 +217,12 @@ async fn configured_limits(_ctx: &Ctx) -> anyhow::Result<()> {
         vector: Some(pb::Vector { values: vec![1.0, 0.0, 0.0, i as f32] }),
         ..Default::default()
     };
-    let err = c.upsert_items(pb::UpsertItemsRequest { items: (0..4).map(item).collect() }).await.unwrap_err();
+    let err = c
+        .upsert_items(pb::UpsertItemsRequest { items: (0..4).map(item).collect(), ..Default::default() })
+        .await
+        .unwrap_err();
     ensure!(err.code() == Code::InvalidArgument && err.message().contains("the limit is 3 per call"), "{err:?}");
-    c.upsert_items(pb::UpsertItemsRequest { items: (0..3).map(item).collect() }).await?;
+    c.upsert_items(pb::UpsertItemsRequest { items: (0..3).map(item).collect(), ..Default::default() }).await?;
     let query = |k| pb::SearchRequest {
         query: Some(pb::search_request::Query::Vector(pb::Vector { values: vec![1.0, 0.0, 0.0, 0.0] })),
         k,

@@ -197,9 +197,11 @@ async fn deleted_items_vanish_from_every_result(ctx: &Ctx) -> Result<()> {
     let doomed_ids: Vec<String> = doomed.iter().map(|i| i.id.clone()).collect();
     let vectors = c.get_items(pb::GetItemsRequest { ids: doomed_ids.clone(), with_vectors: true }).await?.into_inner();
     ensure!(vectors.items.len() == 20, "not all doomed items were stored");
-    let r = c.delete_items(pb::DeleteItemsRequest { ids: doomed_ids.clone() }).await?.into_inner();
+    let r =
+        c.delete_items(pb::DeleteItemsRequest { ids: doomed_ids.clone(), ..Default::default() }).await?.into_inner();
     ensure!(r.deleted == 20, "deleted {}", r.deleted);
-    let again = c.delete_items(pb::DeleteItemsRequest { ids: doomed_ids.clone() }).await?.into_inner();
+    let again =
+        c.delete_items(pb::DeleteItemsRequest { ids: doomed_ids.clone(), ..Default::default() }).await?.into_inner();
     ensure!(again.deleted == 0, "second delete reported {}", again.deleted);
     let gone: HashSet<&str> = doomed_ids.iter().map(String::as_str).collect();
     for (it, stored) in doomed.iter().zip(&vectors.items) {
@@ -246,7 +248,7 @@ async fn updates_replace_text_and_vector(ctx: &Ctx) -> Result<()> {
     let mut c = connect(&ctx.url).await?;
     let mut it = ctx.mutable[30].clone();
     it.title = "Zephyr ultralight carbon fibre trekking poles with cork grips".into();
-    c.upsert_items(pb::UpsertItemsRequest { items: vec![it.clone()] }).await?;
+    c.upsert_items(pb::UpsertItemsRequest { items: vec![it.clone()], ..Default::default() }).await?;
     let r = c
         .search(pb::SearchRequest { with_items: true, ..text_query("carbon fibre trekking poles", 3) })
         .await?
@@ -295,7 +297,7 @@ async fn recommendations_follow_history_and_exclude_seen(ctx: &Ctx) -> Result<()
             timestamp_ms: 1_700_000_000_000 + i as i64,
         })
         .collect();
-    let rec = c.record_events(pb::RecordEventsRequest { events }).await?.into_inner();
+    let rec = c.record_events(pb::RecordEventsRequest { events, ..Default::default() }).await?.into_inner();
     ensure!(rec.recorded == 3);
     let r = c.recommend(pb::RecommendRequest { user_id: user.into(), k: 10, ..Default::default() }).await?.into_inner();
     ensure!(r.hits.len() == 10 && !ids(&r).iter().any(|id| history.contains(&id.to_string())));

@@ -86,7 +86,7 @@ async fn write_once(
                 ..Default::default()
             })
             .collect();
-        let mut req = Request::new(pb::UpsertItemsRequest { items: items.clone() });
+        let mut req = Request::new(pb::UpsertItemsRequest { items: items.clone(), ..Default::default() });
         req.set_timeout(timeout);
         let result = c.upsert_items(req).await;
         let mut l = ledger.lock().unwrap();
@@ -102,7 +102,7 @@ async fn write_once(
             Err(s) => failed(&mut l, &ids, &s),
         }
     } else if pick < 8 {
-        let mut req = Request::new(pb::DeleteItemsRequest { ids: ids.clone() });
+        let mut req = Request::new(pb::DeleteItemsRequest { ids: ids.clone(), ..Default::default() });
         req.set_timeout(timeout);
         let result = c.delete_items(req).await;
         let mut l = ledger.lock().unwrap();
@@ -125,7 +125,7 @@ async fn write_once(
                 timestamp_ms: (n * 100 + i) as i64,
             })
             .collect();
-        let mut req = Request::new(pb::RecordEventsRequest { events: events.clone() });
+        let mut req = Request::new(pb::RecordEventsRequest { events: events.clone(), ..Default::default() });
         req.set_timeout(timeout);
         let result = c.record_events(req).await;
         let mut l = ledger.lock().unwrap();
@@ -405,6 +405,7 @@ async fn damaged_files_stop_start_up_or_fall_back_without_loss() {
             vector: Some(pb::Vector { values: unit(&mut rng) }),
             ..Default::default()
         }],
+        ..Default::default()
     })
     .await
     .expect("writes are accepted after a repair");
@@ -542,7 +543,7 @@ async fn a_full_disk_refuses_writes_and_recovers_when_space_returns() {
             vector: Some(pb::Vector { values: unit(&mut rng) }),
             ..Default::default()
         };
-        match c.upsert_items(pb::UpsertItemsRequest { items: vec![item.clone()] }).await {
+        match c.upsert_items(pb::UpsertItemsRequest { items: vec![item.clone()], ..Default::default() }).await {
             Err(s) => {
                 assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
                 assert!(s.message().contains("storage is full"), "{}", s.message());

@@ -32,17 +32,27 @@ async fn dead_and_slow_shards_degrade_reads_and_recover() {
             timestamp_ms: 0,
         })
         .collect();
-    assert_eq!(c.record_events(pb::RecordEventsRequest { events }).await.unwrap().into_inner().recorded, 30);
+    assert_eq!(
+        c.record_events(pb::RecordEventsRequest { events, ..Default::default() }).await.unwrap().into_inner().recorded,
+        30
+    );
 
     let r = c.search(text_query("black leather shoes", 10)).await.unwrap().into_inner();
     assert_eq!(coverage(&r), (3, 3, false));
 
     // Deletes and updates on the shard about to die must survive its restart.
     let deleted: Vec<String> = on(2).take(5).map(|i| i.id.clone()).collect();
-    assert_eq!(c.delete_items(pb::DeleteItemsRequest { ids: deleted.clone() }).await.unwrap().into_inner().deleted, 5);
+    assert_eq!(
+        c.delete_items(pb::DeleteItemsRequest { ids: deleted.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .deleted,
+        5
+    );
     let mut renamed = on(2).nth(5).unwrap().clone();
     renamed.title = format!("{} (renamed before the crash)", renamed.title);
-    c.upsert_items(pb::UpsertItemsRequest { items: vec![renamed.clone()] }).await.unwrap();
+    c.upsert_items(pb::UpsertItemsRequest { items: vec![renamed.clone()], ..Default::default() }).await.unwrap();
 
     // One shard dies: reads still answer, from the other two, marked degraded.
     cluster.kill_shard(2);
@@ -70,7 +80,8 @@ async fn dead_and_slow_shards_degrade_reads_and_recover() {
     // Writes owned by the dead shard are refused with a reason, not dropped.
     let mut orphan = on(2).nth(6).unwrap().clone();
     orphan.title.push_str(" (updated)");
-    let err = c.upsert_items(pb::UpsertItemsRequest { items: vec![orphan.clone()] }).await.unwrap_err();
+    let err =
+        c.upsert_items(pb::UpsertItemsRequest { items: vec![orphan.clone()], ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("not acknowledged"), "{}", err.message());
     let err = c.get_items(pb::GetItemsRequest { ids: vec![orphan.id.clone()], with_vectors: false }).await.unwrap_err();
@@ -80,7 +91,7 @@ async fn dead_and_slow_shards_degrade_reads_and_recover() {
     fresh.id = format!("{}-while-degraded", fresh.id);
     let owner = topo.shard_of(&fresh.id);
     if owner != 2 {
-        c.upsert_items(pb::UpsertItemsRequest { items: vec![fresh.clone()] }).await.unwrap();
+        c.upsert_items(pb::UpsertItemsRequest { items: vec![fresh.clone()], ..Default::default() }).await.unwrap();
     }
 
     // Two of three dead: below the 50% minimum coverage the read fails.

@@ -93,7 +93,10 @@ fn metrics_follow_real_calls() {
     for it in &items {
         *per_shard.entry(topology.shard_of(&it.id)).or_default() += 1;
     }
-    let r = rt.block_on(c.upsert_items(pb::UpsertItemsRequest { items: items.clone() })).expect("upsert").into_inner();
+    let r = rt
+        .block_on(c.upsert_items(pb::UpsertItemsRequest { items: items.clone(), ..Default::default() }))
+        .expect("upsert")
+        .into_inner();
     assert_eq!((r.upserted, r.embedded), (40, 40));
     let s1 = Snapshot::take(&cluster);
     let d = |name: &str, labels: &[(&str, &str)]| s1.router(name, labels) - s0.router(name, labels);
@@ -129,7 +132,8 @@ fn metrics_follow_real_calls() {
     // metric has the code the client got.
     let mut big = items[0].clone();
     big.image = vec![0u8; 17 << 20];
-    let err = rt.block_on(c.upsert_items(pb::UpsertItemsRequest { items: vec![big] })).unwrap_err();
+    let err =
+        rt.block_on(c.upsert_items(pb::UpsertItemsRequest { items: vec![big], ..Default::default() })).unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     let s2 = Snapshot::take(&cluster);
     let d = |name: &str, labels: &[(&str, &str)]| s2.router(name, labels) - s1.router(name, labels);

@@ -54,8 +54,11 @@ async fn behavioural_neighbours_are_candidates_and_explained(ctx: &Ctx) -> Resul
     let mut c = connect(&ctx.url).await?;
     let anchor = &ctx.items[0];
     let partner = unrelated(ctx, anchor, 0);
-    c.update_signals(pb::UpdateSignalsRequest { signals: vec![signals(&anchor.id, &[(&partner.id, 5.0)], 0.2)] })
-        .await?;
+    c.update_signals(pb::UpdateSignalsRequest {
+        signals: vec![signals(&anchor.id, &[(&partner.id, 5.0)], 0.2)],
+        ..Default::default()
+    })
+    .await?;
     let content_only = c
         .recommend(pb::RecommendRequest {
             history: vec![anchor.id.clone()],
@@ -110,7 +113,7 @@ async fn cold_users_get_popular_items(ctx: &Ctx) -> Result<()> {
     popular.extend(ctx.items[103..].iter().filter(|i| category(ctx, &i.id) != second).take(2));
     let entries: Vec<pb::ItemSignals> =
         popular.iter().enumerate().map(|(i, it)| signals(&it.id, &[], 0.99 - i as f32 * 0.01)).collect();
-    c.update_signals(pb::UpdateSignalsRequest { signals: entries }).await?;
+    c.update_signals(pb::UpdateSignalsRequest { signals: entries, ..Default::default() }).await?;
     let r = c
         .recommend(pb::RecommendRequest { user_id: "cold-user".into(), k: 3, explain: true, ..Default::default() })
         .await?
@@ -266,7 +269,7 @@ async fn exploration_and_feedback(ctx: &Ctx) -> Result<()> {
             r#type: pb::EventType::Click as i32,
             timestamp_ms: 0,
         }];
-        c.record_events(pb::RecordEventsRequest { events }).await?;
+        c.record_events(pb::RecordEventsRequest { events, ..Default::default() }).await?;
     }
     let after = c.recommend(base).await?.into_inner();
     let pos = ids(&after).iter().position(|id| *id == clicked).context("clicked item dropped out")?;
@@ -280,8 +283,11 @@ async fn signals_survive_restart(ctx: &Ctx) -> Result<()> {
     let mut c = connect(&ctx.url).await?;
     let anchor = &ctx.items[40];
     let partner = unrelated(ctx, anchor, 7);
-    c.update_signals(pb::UpdateSignalsRequest { signals: vec![signals(&anchor.id, &[(&partner.id, 3.0)], 0.1)] })
-        .await?;
+    c.update_signals(pb::UpdateSignalsRequest {
+        signals: vec![signals(&anchor.id, &[(&partner.id, 3.0)], 0.1)],
+        ..Default::default()
+    })
+    .await?;
     {
         let mut cluster = ctx.cluster.lock().map_err(|_| anyhow::anyhow!("cluster lock poisoned"))?;
         for i in 0..2 {
@@ -348,7 +354,7 @@ async fn bad_ranking_input_is_rejected(ctx: &Ctx) -> Result<()> {
     }
     let bad = [signals("a", &[("b", f32::NAN)], 0.1), signals("a", &[], 1.5), signals("", &[], 0.1)];
     for s in bad {
-        let r = c.update_signals(pb::UpdateSignalsRequest { signals: vec![s] }).await;
+        let r = c.update_signals(pb::UpdateSignalsRequest { signals: vec![s], ..Default::default() }).await;
         ensure!(matches!(&r, Err(s) if s.code() == Code::InvalidArgument), "{r:?}");
     }
     Ok(())

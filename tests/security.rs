@@ -120,7 +120,7 @@ fn item(id: &str) -> pb::Item {
 }
 
 fn upsert(id: &str) -> pb::UpsertItemsRequest {
-    pb::UpsertItemsRequest { items: vec![item(id)] }
+    pb::UpsertItemsRequest { items: vec![item(id)], ..Default::default() }
 }
 
 fn search() -> pb::SearchRequest {
@@ -203,7 +203,7 @@ async fn a_read_key_cannot_write(ctx: &Ctx) -> Result<()> {
     refused(c.upsert_items(upsert("read-key")).await, Code::PermissionDenied, &denied("UpsertItems"))?;
     let stream = tokio_stream::iter(vec![upsert("read-key-stream")]);
     refused(c.upsert_items_stream(stream).await, Code::PermissionDenied, &denied("UpsertItemsStream"))?;
-    let delete = pb::DeleteItemsRequest { ids: vec!["seed".into()] };
+    let delete = pb::DeleteItemsRequest { ids: vec!["seed".into()], ..Default::default() };
     refused(c.delete_items(delete).await, Code::PermissionDenied, &denied("DeleteItems"))?;
     refused(
         c.create_snapshot(pb::CreateSnapshotRequest::default()).await,

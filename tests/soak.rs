@@ -207,8 +207,10 @@ async fn writer(
     let fill: Vec<String> = (0..IDS_PER_WRITER).map(id).collect();
     for chunk in fill.chunks(250) {
         let items = upsert(chunk.to_vec(), &mut rng, &mut version);
-        let ok =
-            tally.record(Kind::Upsert, c.upsert_items(timed(pb::UpsertItemsRequest { items: items.clone() })).await);
+        let ok = tally.record(
+            Kind::Upsert,
+            c.upsert_items(timed(pb::UpsertItemsRequest { items: items.clone(), ..Default::default() })).await,
+        );
         for it in items {
             ledger.insert(it.id, if ok.is_some() { Last::Title(it.title) } else { Last::Unknown });
         }
@@ -219,15 +221,19 @@ async fn writer(
             ids.sort();
             ids.dedup();
             let items = upsert(ids, &mut rng, &mut version);
-            let ok = tally
-                .record(Kind::Upsert, c.upsert_items(timed(pb::UpsertItemsRequest { items: items.clone() })).await);
+            let ok = tally.record(
+                Kind::Upsert,
+                c.upsert_items(timed(pb::UpsertItemsRequest { items: items.clone(), ..Default::default() })).await,
+            );
             for it in items {
                 ledger.insert(it.id, if ok.is_some() { Last::Title(it.title) } else { Last::Unknown });
             }
         } else {
             let ids: Vec<String> = (0..4).map(|_| id(rng.random_range(0..IDS_PER_WRITER))).collect();
-            let ok =
-                tally.record(Kind::Delete, c.delete_items(timed(pb::DeleteItemsRequest { ids: ids.clone() })).await);
+            let ok = tally.record(
+                Kind::Delete,
+                c.delete_items(timed(pb::DeleteItemsRequest { ids: ids.clone(), ..Default::default() })).await,
+            );
             for id in ids {
                 ledger.insert(id, if ok.is_some() { Last::Deleted } else { Last::Unknown });
             }
@@ -260,7 +266,10 @@ async fn recorder(mut c: VitrineClient<Channel>, tally: Arc<Tally>, stop: Arc<At
                 }
             })
             .collect();
-        tally.record(Kind::Events, c.record_events(timed(pb::RecordEventsRequest { events })).await);
+        tally.record(
+            Kind::Events,
+            c.record_events(timed(pb::RecordEventsRequest { events, ..Default::default() })).await,
+        );
         tokio::time::sleep(PACE).await;
     }
 }
@@ -407,7 +416,9 @@ async fn mixed_load_has_no_errors_no_unbounded_memory_and_no_lost_writes() {
     let base: Vec<pb::Item> =
         (0..BASE_ITEMS).map(|i| item(format!("base-{i}"), format!("base item {i}"), &mut rng)).collect();
     for chunk in base.chunks(250) {
-        c.upsert_items(timed(pb::UpsertItemsRequest { items: chunk.to_vec() })).await.expect("loading base items");
+        c.upsert_items(timed(pb::UpsertItemsRequest { items: chunk.to_vec(), ..Default::default() }))
+            .await
+            .expect("loading base items");
     }
 
     let tally = Arc::new(Tally::default());

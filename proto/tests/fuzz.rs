@@ -959,7 +959,7 @@ fn arb_signals() -> BoxedStrategy<pb::ItemSignals> {
 #[test]
 fn upsert_items() {
     static COUNTERS: Counters = Counters::new();
-    let messages = arb_items().prop_map(|items| pb::UpsertItemsRequest { items }).boxed();
+    let messages = arb_items().prop_map(|items| pb::UpsertItemsRequest { items, ..Default::default() }).boxed();
     fuzz("upsert_items", &COUNTERS, messages, |req, _| check_items(&req.items, true));
 }
 
@@ -968,7 +968,7 @@ fn upsert_items() {
 #[test]
 fn shard_upsert() {
     static COUNTERS: Counters = Counters::new();
-    let messages = arb_items().prop_map(|items| pb::ShardUpsertRequest { items }).boxed();
+    let messages = arb_items().prop_map(|items| pb::ShardUpsertRequest { items, ..Default::default() }).boxed();
     fuzz("shard_upsert", &COUNTERS, messages, |req, _| {
         let with_model = check_items(&req.items, true)?;
         let without_model = check_items(&req.items, false)?;
@@ -981,7 +981,8 @@ fn shard_upsert() {
 #[test]
 fn delete_items() {
     static COUNTERS: Counters = Counters::new();
-    let messages = arb_ids(limits().max_batch).prop_map(|ids| pb::DeleteItemsRequest { ids }).boxed();
+    let messages =
+        arb_ids(limits().max_batch).prop_map(|ids| pb::DeleteItemsRequest { ids, ..Default::default() }).boxed();
     fuzz("delete_items", &COUNTERS, messages, |req, _| check_ids("item id", &req.ids));
 }
 
@@ -1119,7 +1120,7 @@ fn record_events() {
         30 => prop::collection::vec(arb_event(), 0..5),
         1 => (max..=max + 1, arb_event()).prop_map(|(n, e)| vec![e; n]),
     ];
-    let messages = events.prop_map(|events| pb::RecordEventsRequest { events }).boxed();
+    let messages = events.prop_map(|events| pb::RecordEventsRequest { events, ..Default::default() }).boxed();
     fuzz("record_events", &COUNTERS, messages, |req, _| {
         let mut ok = check_batch_len("events", req.events.len())?;
         for e in &req.events {
@@ -1133,8 +1134,9 @@ fn record_events() {
 #[test]
 fn update_signals() {
     static COUNTERS: Counters = Counters::new();
-    let messages =
-        prop::collection::vec(arb_signals(), 0..4).prop_map(|signals| pb::UpdateSignalsRequest { signals }).boxed();
+    let messages = prop::collection::vec(arb_signals(), 0..4)
+        .prop_map(|signals| pb::UpdateSignalsRequest { signals, ..Default::default() })
+        .boxed();
     fuzz("update_signals", &COUNTERS, messages, |req, _| {
         let mut ok = check_batch_len("signal entries", req.signals.len())?;
         for s in &req.signals {

@@ -19,10 +19,27 @@ pub struct RouterConfig {
     /// Address to serve the public gRPC API on.
     #[arg(long, env = "VITRINE_ROUTER_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Shard addresses (host:port), in shard-number order. Repeat the flag or
-    /// separate with commas.
+    /// Shard addresses (host:port), in shard-number order, each shard's
+    /// replicas together (shard 0 replica 0, shard 0 replica 1, ...). Repeat
+    /// the flag or separate with commas.
     #[arg(long = "shard", env = "VITRINE_ROUTER_SHARDS", value_delimiter = ',', required = true)]
     pub shards: Vec<String>,
+    /// Replicas per shard: the --shard list holds shards × replicas addresses.
+    #[arg(long, env = "VITRINE_ROUTER_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub replicas: u32,
+    /// Replicas that must acknowledge a write that does not ask for a level
+    /// (docs/RELIABILITY.md, Replication).
+    #[arg(long, env = "VITRINE_ROUTER_WRITE_CONSISTENCY", value_enum, default_value = "quorum")]
+    pub write_consistency: crate::fanout::Consistency,
+    /// A shard read not answered after this many ms is also sent to another
+    /// replica, and the first answer wins; 0: only after a failure.
+    #[arg(long, env = "VITRINE_ROUTER_HEDGE_MS", default_value_t = 20)]
+    pub hedge_ms: u64,
+    /// This router's number in write versions (0..4095). Unset: random, which
+    /// keeps a handful of routers apart with high probability; set distinct
+    /// numbers when running many.
+    #[arg(long, env = "VITRINE_ROUTER_ID", value_parser = clap::value_parser!(u16).range(0..4096))]
+    pub router_id: Option<u16>,
     /// Virtual shards that item and user ids hash onto. Fixed for the life of
     /// the data: changing it moves almost every item.
     #[arg(long, env = "VITRINE_ROUTER_VIRTUAL_SHARDS", default_value_t = crate::topology::DEFAULT_VIRTUAL_SHARDS)]

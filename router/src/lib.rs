@@ -22,6 +22,7 @@ pub mod service;
 pub mod status;
 pub mod topk;
 pub mod topology;
+pub mod version;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,11 +40,14 @@ pub fn build(config: &RouterConfig) -> anyhow::Result<Arc<Router>> {
     if !(0.0..=1.0).contains(&config.min_coverage) {
         anyhow::bail!("--min-coverage must be within 0..=1, got {}", config.min_coverage);
     }
-    let topology = Topology::uniform(config.virtual_shards, config.shards.len() as u32)?;
     let shard_tls = config.security.shard_tls()?;
-    let mut shards = Shards::connect(&config.shards, config.max_message_mib << 20, shard_tls.as_ref())?;
+    let mut shards =
+        Shards::connect(&config.shards, config.replicas as usize, config.max_message_mib << 20, shard_tls.as_ref())?;
+    let topology = Topology::uniform(config.virtual_shards, shards.len() as u32)?;
     shards.min_coverage = config.min_coverage;
     shards.topk_probability = config.topk_probability;
+    shards.hedge_after = Duration::from_millis(config.hedge_ms);
+    shards.write_consistency = config.write_consistency;
     let r = &config.ranking;
     let in_unit = |name: &str, v: f32| {
         if (0.0..=1.0).contains(&v) {
@@ -88,7 +92,10 @@ pub fn build(config: &RouterConfig) -> anyhow::Result<Arc<Router>> {
         limits: config.limits.limits()?,
         ..defaults
     };
-    Ok(Arc::new(Router::new(Arc::new(shards), topology, settings)))
+    let router_id = config.router_id.unwrap_or_else(|| (uuid::Uuid::new_v4().as_u128() & 0xfff) as u16);
+    tracing::info!(router_id, replicas = config.replicas, "write versions carry this router id");
+    let clock = version::VersionClock::new(router_id);
+    Ok(Arc::new(Router::new(Arc::new(shards), topology, settings, clock)))
 }
 
 /// Serves the public API (plus grpc.health.v1 and reflection) until
@@ -145,7 +152,8 @@ pub async fn serve(
         .max_encoding_message_size(max);
     tracing::info!(
         listen = %config.listen,
-        shards = config.shards.len(),
+        shards = config.shards.len() / config.replicas.max(1) as usize,
+        replicas = config.replicas,
         tls = tls.is_some(),
         shard_tls = security.tls_ca.is_some(),
         "router serving"

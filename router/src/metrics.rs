@@ -17,6 +17,10 @@ pub(crate) struct RouterMetrics {
     pub explore_slots: IntCounter,
     /// Every ranked slot served by Recommend and SimilarItems.
     pub served_slots: IntCounter,
+    /// Reads also sent to a second replica because the first was slow.
+    pub hedged_reads: IntCounter,
+    /// Writes a replica failed (it is then marked behind and catches up).
+    pub replica_missed_writes: IntCounter,
 }
 
 static METRICS: LazyLock<RouterMetrics> = LazyLock::new(|| RouterMetrics {
@@ -41,6 +45,14 @@ static METRICS: LazyLock<RouterMetrics> = LazyLock::new(|| RouterMetrics {
     served_slots: vitrine_metrics::counter(
         "vitrine_served_slots_total",
         "Recommendation slots served by Recommend and SimilarItems",
+    ),
+    hedged_reads: vitrine_metrics::counter(
+        "vitrine_hedged_reads_total",
+        "Shard reads also sent to another replica because the first had not answered after --hedge-ms",
+    ),
+    replica_missed_writes: vitrine_metrics::counter(
+        "vitrine_replica_missed_writes_total",
+        "Writes a replica did not acknowledge; it is avoided by reads until it has caught up",
     ),
 });
 
@@ -69,6 +81,8 @@ mod tests {
             "vitrine_shard_call_duration_seconds",
             "vitrine_explore_slots_total",
             "vitrine_served_slots_total",
+            "vitrine_hedged_reads_total",
+            "vitrine_replica_missed_writes_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing from\n{text}");
         }

@@ -102,7 +102,7 @@ impl Router {
         let groups = self.group(ids, |s| s.as_str());
         let calls = groups.into_iter().map(|(shard, ids)| {
             self.shards.call(shard, deadline, move |mut c, budget| {
-                let mut r = Request::new(pb::GetSignalsRequest { ids });
+                let mut r = Request::new(pb::GetSignalsRequest { ids: ids.clone() });
                 r.set_timeout(budget);
                 async move { c.get_signals(r).await }
             })
@@ -139,7 +139,7 @@ impl Router {
                 ..template.clone()
             };
             self.shards.call(shard, deadline, move |mut c, budget| {
-                let mut r = Request::new(req);
+                let mut r = Request::new(req.clone());
                 r.set_timeout(budget);
                 async move { c.search(r).await }
             })

@@ -13,11 +13,12 @@ use tracing::Instrument;
 use vitrine_proto::{pb, validate, Filter, Limits};
 
 use crate::deadline::Deadline;
-use crate::fanout::Shards;
+use crate::fanout::{Consistency, Shards, Written};
 use crate::pipeline::RankQuery;
 use crate::rank::{Feedback, RankSettings};
 use crate::recommend::UserVectorParams;
 use crate::topology::Topology;
+use crate::version::VersionClock;
 
 /// Longest deadline honoured from a client.
 const MAX_DEADLINE: Duration = Duration::from_secs(300);
@@ -60,6 +61,8 @@ pub struct Router {
     dimension: AtomicUsize,
     /// Click and purchase rates learnt from events.
     pub(crate) feedback: Feedback,
+    /// Versions of writes (see `version`).
+    clock: VersionClock,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -71,9 +74,25 @@ fn request_span(name: &'static str) -> tracing::Span {
 }
 
 impl Router {
-    pub fn new(shards: Arc<Shards>, topology: Topology, settings: RouterSettings) -> Self {
+    pub fn new(shards: Arc<Shards>, topology: Topology, settings: RouterSettings, clock: VersionClock) -> Self {
         let feedback = Feedback::new(settings.feedback_capacity);
-        Self { shards, topology, settings, dimension: AtomicUsize::new(0), feedback }
+        Self { shards, topology, settings, dimension: AtomicUsize::new(0), feedback, clock }
+    }
+
+    /// The consistency level of a write request.
+    fn consistency(&self, level: i32) -> Result<Consistency, Status> {
+        Consistency::from_request(level, self.shards.write_consistency)
+    }
+
+    /// What a write reports about its replicas.
+    fn replication(&self, level: Consistency, acknowledged: u32) -> pb::Replication {
+        let replicas = self.shards.replicas();
+        pb::Replication {
+            consistency: level.to_wire() as i32,
+            replicas: replicas as u32,
+            required: level.required(replicas) as u32,
+            acknowledged,
+        }
     }
 
     /// The ranking for a request: the configured one with its overrides.
@@ -104,10 +123,11 @@ impl Router {
         }
     }
 
-    /// Info from every shard (None where it did not answer); also learns the dimension.
+    /// Info from every replica of every shard (None where it did not
+    /// answer), in shard then replica order; also learns the dimension.
     async fn shard_infos(&self, deadline: Deadline) -> Vec<Option<pb::ShardInfo>> {
-        let calls = self.shards.all().iter().map(|h| {
-            self.shards.call(h.id, deadline, |mut c, budget| {
+        let calls = self.shards.all_replicas().map(|replica| {
+            self.shards.call_replica(replica, deadline, |mut c, budget| {
                 let mut r = Request::new(pb::ClusterInfoRequest {});
                 r.set_timeout(budget);
                 async move { c.info(r).await }
@@ -128,18 +148,20 @@ impl Router {
         groups
     }
 
-    /// Sends each group to its shard concurrently. All must succeed: a write
-    /// a shard did not acknowledge is reported, with how much the others
-    /// acknowledged, so the client can retry (every write is idempotent).
+    /// Sends each group to its shard concurrently. All must succeed (at the
+    /// write's consistency level): a write a shard did not acknowledge is
+    /// reported, with how much the others acknowledged, so the client can
+    /// retry (every write is idempotent). Returns the answers and the fewest
+    /// replica acknowledgements of any shard.
     async fn write_grouped<T, R, Fut>(
         &self,
         deadline: Deadline,
         groups: BTreeMap<u32, Vec<T>>,
         what: &str,
         f: impl Fn(u32, Vec<T>, Duration) -> Fut,
-    ) -> Result<Vec<R>, Status>
+    ) -> Result<(Vec<R>, u32), Status>
     where
-        Fut: std::future::Future<Output = Result<R, Status>>,
+        Fut: std::future::Future<Output = Result<Written<R>, Status>>,
     {
         let sizes: BTreeMap<u32, usize> = groups.iter().map(|(s, v)| (*s, v.len())).collect();
         let calls = groups.into_iter().map(|(shard, batch)| {
@@ -148,18 +170,20 @@ impl Router {
         });
         let mut ok = Vec::new();
         let mut acked = 0usize;
+        let mut replicas = u32::MAX;
         let mut failed: Vec<(u32, Status)> = Vec::new();
         for (shard, r) in join_all(calls).await {
             match r {
-                Ok(v) => {
+                Ok(w) => {
                     acked += sizes[&shard];
-                    ok.push(v);
+                    replicas = replicas.min(w.acknowledged);
+                    ok.push(w.answer);
                 }
                 Err(s) => failed.push((shard, s)),
             }
         }
         if failed.is_empty() {
-            return Ok(ok);
+            return Ok((ok, if replicas == u32::MAX { 0 } else { replicas }));
         }
         // A validation error means the request is wrong, whichever shard said it.
         if let Some((_, s)) = failed.iter().find(|(_, s)| s.code() == tonic::Code::InvalidArgument) {
@@ -181,7 +205,12 @@ impl Router {
         ))
     }
 
-    async fn upsert_batch(&self, deadline: Deadline, items: Vec<pb::Item>) -> Result<pb::UpsertItemsResponse, Status> {
+    async fn upsert_batch(
+        &self,
+        deadline: Deadline,
+        items: Vec<pb::Item>,
+        level: Consistency,
+    ) -> Result<pb::UpsertItemsResponse, Status> {
         let dim = self.dimension(deadline).await;
         if let Some(dim) = dim {
             // Text embedding ability is checked on the shard; here everything else.
@@ -191,23 +220,29 @@ impl Router {
                 validate::id("item id", &it.id, &self.settings.limits)?;
             }
         }
-        let groups = self.group(items, |it| it.id.as_str());
+        let versions = self.clock.reserve(items.len());
+        let groups = self.group(items.into_iter().zip(versions).collect(), |(it, _)| it.id.as_str());
         let shards = &self.shards;
-        let results = self
-            .write_grouped(deadline, groups, "items", |shard, items, budget| async move {
+        let (results, acknowledged) = self
+            .write_grouped(deadline, groups, "items", |shard, batch, _| async move {
+                let (items, versions): (Vec<pb::Item>, Vec<u64>) = batch.into_iter().unzip();
+                let req = pb::ShardUpsertRequest { items, versions };
                 shards
-                    .call(shard, deadline, |mut c, _| {
-                        let mut r = Request::new(pb::ShardUpsertRequest { items });
+                    .write(shard, deadline, level, move |mut c, budget| {
+                        let mut r = Request::new(req.clone());
                         r.set_timeout(budget);
                         async move { c.upsert(r).await }
                     })
                     .await
             })
             .await?;
-        Ok(results.into_iter().fold(pb::UpsertItemsResponse::default(), |acc, r| pb::UpsertItemsResponse {
+        let mut resp = results.into_iter().fold(pb::UpsertItemsResponse::default(), |acc, r| pb::UpsertItemsResponse {
             upserted: acc.upserted + r.upserted,
             embedded: acc.embedded + r.embedded,
-        }))
+            replication: None,
+        });
+        resp.replication = Some(self.replication(level, acknowledged));
+        Ok(resp)
     }
 
     /// Items by id, with vectors when asked. Returns found items keyed by id
@@ -221,7 +256,7 @@ impl Router {
         let groups = self.group(ids, |s| s.as_str());
         let calls = groups.into_iter().map(|(shard, ids)| {
             self.shards.call(shard, deadline, move |mut c, budget| {
-                let mut r = Request::new(pb::GetItemsRequest { ids, with_vectors });
+                let mut r = Request::new(pb::GetItemsRequest { ids: ids.clone(), with_vectors });
                 r.set_timeout(budget);
                 async move { c.get(r).await }
             })
@@ -310,10 +345,11 @@ impl pb::vitrine_server::Vitrine for VitrineService {
     ) -> Result<Response<pb::UpsertItemsResponse>, Status> {
         let r = &self.router;
         let deadline = r.write_deadline(&request);
-        let items = request.into_inner().items;
+        let req = request.into_inner();
+        let level = r.consistency(req.consistency)?;
         let span = request_span("UpsertItems");
-        tracing::debug!(parent: &span, items = items.len(), "upsert");
-        Ok(Response::new(r.upsert_batch(deadline, items).instrument(span).await?))
+        tracing::debug!(parent: &span, items = req.items.len(), ?level, "upsert");
+        Ok(Response::new(r.upsert_batch(deadline, req.items, level).instrument(span).await?))
     }
 
     async fn upsert_items_stream(
@@ -327,6 +363,7 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         async move {
             let mut total = pb::UpsertItemsResponse::default();
             let mut batches = 0u32;
+            let mut level = None;
             while let Some(msg) = stream.next().await {
                 let fail = |s: Status, total: &pb::UpsertItemsResponse| {
                     Status::new(
@@ -340,9 +377,20 @@ impl pb::vitrine_server::Vitrine for VitrineService {
                     )
                 };
                 let batch = msg.map_err(|s| fail(s, &total))?;
-                let resp = r.upsert_batch(deadline, batch.items).await.map_err(|s| fail(s, &total))?;
+                // The first message's level holds for the whole stream.
+                let level = match level {
+                    Some(l) => l,
+                    None => *level.insert(r.consistency(batch.consistency)?),
+                };
+                let resp = r.upsert_batch(deadline, batch.items, level).await.map_err(|s| fail(s, &total))?;
                 total.upserted += resp.upserted;
                 total.embedded += resp.embedded;
+                total.replication = match (total.replication.take(), resp.replication) {
+                    (Some(a), Some(b)) => {
+                        Some(pb::Replication { acknowledged: a.acknowledged.min(b.acknowledged), ..a })
+                    }
+                    (a, b) => a.or(b),
+                };
                 batches += 1;
             }
             tracing::info!(batches, items = total.upserted, "stream upsert done");
@@ -358,23 +406,31 @@ impl pb::vitrine_server::Vitrine for VitrineService {
     ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
         let r = &self.router;
         let deadline = r.write_deadline(&request);
-        let ids = request.into_inner().ids;
+        let req = request.into_inner();
+        let level = r.consistency(req.consistency)?;
+        let ids = req.ids;
         validate::ids("item id", &ids, &r.settings.limits)?;
-        let groups = r.group(ids, |s| s.as_str());
+        let versions = r.clock.reserve(ids.len());
+        let groups = r.group(ids.into_iter().zip(versions).collect(), |(id, _)| id.as_str());
         let shards = &r.shards;
-        let results = r
-            .write_grouped(deadline, groups, "deletes", |shard, ids, budget| async move {
+        let (results, acknowledged) = r
+            .write_grouped(deadline, groups, "deletes", |shard, batch, _| async move {
+                let (ids, versions) = batch.into_iter().unzip();
+                let req = pb::ShardDeleteRequest { ids, versions };
                 shards
-                    .call(shard, deadline, |mut c, _| {
-                        let mut req = Request::new(pb::DeleteItemsRequest { ids });
-                        req.set_timeout(budget);
-                        async move { c.delete(req).await }
+                    .write(shard, deadline, level, move |mut c, budget| {
+                        let mut q = Request::new(req.clone());
+                        q.set_timeout(budget);
+                        async move { c.delete(q).await }
                     })
                     .await
             })
             .instrument(request_span("DeleteItems"))
             .await?;
-        Ok(Response::new(pb::DeleteItemsResponse { deleted: results.iter().map(|r| r.deleted).sum() }))
+        Ok(Response::new(pb::DeleteItemsResponse {
+            deleted: results.iter().map(|r| r.deleted).sum(),
+            replication: Some(r.replication(level, acknowledged)),
+        }))
     }
 
     async fn get_items(&self, request: Request<pb::GetItemsRequest>) -> Result<Response<pb::GetItemsResponse>, Status> {
@@ -511,7 +567,7 @@ impl pb::vitrine_server::Vitrine for VitrineService {
                 match r
                     .shards
                     .call(owner, deadline, |mut c, budget| {
-                        let mut q = Request::new(pb::GetProfileRequest { user_id });
+                        let mut q = Request::new(pb::GetProfileRequest { user_id: user_id.clone() });
                         q.set_timeout(budget);
                         async move { c.get_profile(q).await }
                     })
@@ -571,19 +627,24 @@ impl pb::vitrine_server::Vitrine for VitrineService {
     ) -> Result<Response<pb::UpdateSignalsResponse>, Status> {
         let r = &self.router;
         let deadline = r.write_deadline(&request);
-        let signals = request.into_inner().signals;
+        let req = request.into_inner();
+        let level = r.consistency(req.consistency)?;
+        let signals = req.signals;
         let limits = &r.settings.limits;
         validate::batch_len("signal entries", signals.len(), limits)?;
         for s in &signals {
             validate::signals(s, limits)?;
         }
-        let groups = r.group(signals, |s| s.id.as_str());
+        let versions = r.clock.reserve(signals.len());
+        let groups = r.group(signals.into_iter().zip(versions).collect(), |(s, _)| s.id.as_str());
         let shards = &r.shards;
-        let results = r
-            .write_grouped(deadline, groups, "signal entries", |shard, signals, budget| async move {
+        let (results, acknowledged) = r
+            .write_grouped(deadline, groups, "signal entries", |shard, batch, _| async move {
+                let (signals, versions) = batch.into_iter().unzip();
+                let req = pb::ShardSignalsRequest { signals, versions };
                 shards
-                    .call(shard, deadline, |mut c, _| {
-                        let mut q = Request::new(pb::UpdateSignalsRequest { signals });
+                    .write(shard, deadline, level, move |mut c, budget| {
+                        let mut q = Request::new(req.clone());
                         q.set_timeout(budget);
                         async move { c.update_signals(q).await }
                     })
@@ -591,7 +652,10 @@ impl pb::vitrine_server::Vitrine for VitrineService {
             })
             .instrument(request_span("UpdateSignals"))
             .await?;
-        Ok(Response::new(pb::UpdateSignalsResponse { updated: results.iter().map(|r| r.updated).sum() }))
+        Ok(Response::new(pb::UpdateSignalsResponse {
+            updated: results.iter().map(|r| r.updated).sum(),
+            replication: Some(r.replication(level, acknowledged)),
+        }))
     }
 
     async fn record_events(
@@ -600,7 +664,9 @@ impl pb::vitrine_server::Vitrine for VitrineService {
     ) -> Result<Response<pb::RecordEventsResponse>, Status> {
         let r = &self.router;
         let deadline = r.write_deadline(&request);
-        let mut events = request.into_inner().events;
+        let req = request.into_inner();
+        let level = r.consistency(req.consistency)?;
+        let mut events = req.events;
         let limits = &r.settings.limits;
         validate::batch_len("events", events.len(), limits)?;
         let now = now_ms();
@@ -616,13 +682,19 @@ impl pb::vitrine_server::Vitrine for VitrineService {
                 r.feedback.reward(&e.item_id);
             }
         }
-        let groups = r.group(events, |e| e.user_id.as_str());
+        // Each event's version is also its identity on the replicas: a
+        // retried request gets new versions, but a replica that catches up
+        // receives the stored ones and keeps each event once.
+        let versions = r.clock.reserve(events.len());
+        let groups = r.group(events.into_iter().zip(versions).collect(), |(e, _)| e.user_id.as_str());
         let shards = &r.shards;
-        let results = r
-            .write_grouped(deadline, groups, "events", |shard, events, budget| async move {
+        let (results, acknowledged) = r
+            .write_grouped(deadline, groups, "events", |shard, batch, _| async move {
+                let (events, versions) = batch.into_iter().unzip();
+                let req = pb::ShardEventsRequest { events, versions };
                 shards
-                    .call(shard, deadline, |mut c, _| {
-                        let mut q = Request::new(pb::RecordEventsRequest { events });
+                    .write(shard, deadline, level, move |mut c, budget| {
+                        let mut q = Request::new(req.clone());
                         q.set_timeout(budget);
                         async move { c.append_events(q).await }
                     })
@@ -630,7 +702,10 @@ impl pb::vitrine_server::Vitrine for VitrineService {
             })
             .instrument(request_span("RecordEvents"))
             .await?;
-        Ok(Response::new(pb::RecordEventsResponse { recorded: results.iter().map(|r| r.recorded).sum() }))
+        Ok(Response::new(pb::RecordEventsResponse {
+            recorded: results.iter().map(|r| r.recorded).sum(),
+            replication: Some(r.replication(level, acknowledged)),
+        }))
     }
 
     async fn cluster_info(
@@ -642,12 +717,16 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         let infos = r.shard_infos(deadline).instrument(request_span("ClusterInfo")).await;
         let load = r.topology.load();
         let mut shards = Vec::with_capacity(infos.len());
-        for (handle, info) in r.shards.all().iter().zip(infos) {
+        for (replica, info) in r.shards.all_replicas().zip(infos) {
             let mut s =
                 info.unwrap_or(pb::ShardInfo { state: pb::ShardState::Unreachable as i32, ..Default::default() });
-            s.shard = handle.id;
-            s.address = handle.address.clone();
-            s.virtual_shards = load.get(handle.id as usize).copied().unwrap_or(0);
+            s.shard = replica.shard;
+            s.replica = replica.replica;
+            s.address = replica.address.clone();
+            s.virtual_shards = load.get(replica.shard as usize).copied().unwrap_or(0);
+            if replica.is_behind() && s.state == pb::ShardState::Serving as i32 {
+                s.state = pb::ShardState::Behind as i32;
+            }
             shards.push(s);
         }
         let answered = shards.iter().filter(|s| s.state == pb::ShardState::Serving as i32).count() as u32;
@@ -668,8 +747,8 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         // A snapshot of a large shard takes seconds: the write timeout, not
         // the read one, bounds it unless the client sets a deadline.
         let deadline = r.write_deadline(&request);
-        let calls = r.shards.all().iter().map(|h| {
-            r.shards.call(h.id, deadline, |mut c, budget| {
+        let calls = r.shards.all_replicas().map(|replica| {
+            r.shards.call_replica(replica, deadline, |mut c, budget| {
                 let mut req = Request::new(pb::CreateSnapshotRequest {});
                 req.set_timeout(budget);
                 async move { c.snapshot(req).await }
@@ -681,17 +760,20 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         }
         let shards = r
             .shards
-            .all()
-            .iter()
+            .all_replicas()
             .zip(results)
-            .map(|(h, result)| match result {
+            .map(|(replica, result)| match result {
                 Ok(mut info) => {
-                    info.shard = h.id;
+                    info.shard = replica.shard;
+                    info.replica = replica.replica;
                     info
                 }
-                Err(status) => {
-                    pb::SnapshotInfo { shard: h.id, error: status.message().to_string(), ..Default::default() }
-                }
+                Err(status) => pb::SnapshotInfo {
+                    shard: replica.shard,
+                    replica: replica.replica,
+                    error: status.message().to_string(),
+                    ..Default::default()
+                },
             })
             .collect();
         Ok(Response::new(pb::CreateSnapshotResponse { shards }))

@@ -10,6 +10,11 @@
 //!
 //! The index is a [`ServingIndex`]: inserts go to the `hnsw_rs` graph,
 //! searches to its flattened copy plus the points inserted since.
+//!
+//! Every write carries a version (0 for unversioned, pre-replication
+//! records): an upsert or delete older than what the catalogue holds for its
+//! id is ignored, and deleted ids remember the version of their delete, so
+//! replicas that receive the same writes in any order converge.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,20 +27,34 @@ use vitrine_proto::{pb, Filter};
 use crate::index::{dot, IndexParams, PointId, VectorIndex};
 use crate::serving::{FlattenPolicy, ServingIndex};
 
+/// An item id with the version of its last write (or of its delete).
+pub type VersionedId = (String, u64);
+
 /// An item as the shard keeps it: the wire item without image and vector
-/// bytes, plus its unit vector.
+/// bytes, plus its unit vector and the version of the write that stored it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredItem {
     pub item: pb::Item,
     pub vector: Vec<f32>,
+    pub version: u64,
 }
 
 impl StoredItem {
     /// The stored form of a logged item; `None` when it carries no vector
     /// (the shard embeds before logging, so logged items always have one).
-    pub fn from_wire(mut item: pb::Item) -> Option<Self> {
+    pub fn from_wire(mut item: pb::Item, version: u64) -> Option<Self> {
         let vector = item.vector.take()?.values;
-        Some(Self { item, vector })
+        Some(Self { item, vector, version })
+    }
+
+    /// The stored items of an upsert record, with their versions.
+    pub fn from_request(req: pb::ShardUpsertRequest) -> Vec<Self> {
+        let versions = req.versions;
+        req.items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, item)| Self::from_wire(item, versions.get(i).copied().unwrap_or(0)))
+            .collect()
     }
 
     pub fn id(&self) -> &str {
@@ -69,6 +88,16 @@ struct State {
     index: Arc<dyn VectorIndex>,
     next_point: PointId,
     tombstones: usize,
+    /// Deleted ids with the version of their delete (versioned deletes only).
+    deleted: HashMap<String, u64>,
+}
+
+/// Whether a write of `version` replaces what is stored at `current` (the
+/// version of the live item or of its delete). Version 0 is an unversioned
+/// write and always applies, as before replication; versions are unique, so
+/// an equal one is the same write arriving again.
+pub fn supersedes(version: u64, current: Option<u64>) -> bool {
+    version == 0 || current.is_none_or(|c| version > c)
 }
 
 /// One hit of a shard-local search.
@@ -119,6 +148,7 @@ impl Catalog {
                 index,
                 next_point: 0,
                 tombstones: 0,
+                deleted: HashMap::new(),
             }),
             params,
             policy,
@@ -145,12 +175,32 @@ impl Catalog {
         self.state.read().tombstones
     }
 
-    /// Inserts or replaces items. The write lock is taken per item so that
+    /// The version stored for an id: its live item's, or its delete's.
+    pub fn version_of(&self, id: &str) -> Option<u64> {
+        let s = self.state.read();
+        Self::current_version(&s, id)
+    }
+
+    fn current_version(s: &State, id: &str) -> Option<u64> {
+        match s.by_id.get(id).and_then(|pid| s.points.get(pid)) {
+            Some(it) => Some(it.version),
+            None => s.deleted.get(id).copied(),
+        }
+    }
+
+    /// Inserts or replaces items, skipping those older than what is stored;
+    /// returns how many applied. The write lock is taken per item so that
     /// searches interleave with a long batch instead of waiting for all of it.
-    pub fn upsert(&self, items: Vec<StoredItem>) {
+    pub fn upsert(&self, items: Vec<StoredItem>) -> usize {
+        let mut applied = 0;
         for item in items {
             debug_assert_eq!(item.vector.len(), self.dimension);
             let mut s = self.state.write();
+            if !supersedes(item.version, Self::current_version(&s, item.id())) {
+                continue;
+            }
+            applied += 1;
+            s.deleted.remove(item.id());
             let pid = s.next_point;
             s.next_point += 1;
             if let Some(old) = s.by_id.insert(item.item.id.clone(), pid) {
@@ -160,13 +210,18 @@ impl Catalog {
             s.index.insert(pid, &item.vector);
             s.points.insert(pid, Arc::new(item));
         }
+        applied
     }
 
-    /// Loads items into an empty catalogue with one parallel graph build
-    /// (recovery from a snapshot); into a non-empty one, upserts them.
-    pub fn restore(&self, items: Vec<StoredItem>) {
-        if !self.is_empty() || self.tombstones() > 0 {
-            return self.upsert(items);
+    /// Loads items and remembered deletes into an empty catalogue with one
+    /// parallel graph build (recovery); into a non-empty one, applies them
+    /// as writes.
+    pub fn restore(&self, items: Vec<StoredItem>, deleted: HashMap<String, u64>) {
+        if !self.is_empty() || self.tombstones() > 0 || !self.state.read().deleted.is_empty() {
+            let (ids, versions): (Vec<String>, Vec<u64>) = deleted.into_iter().unzip();
+            self.delete_versioned(&ids, &versions);
+            self.upsert(items);
+            return;
         }
         let mut by_id = HashMap::with_capacity(items.len());
         let mut points = FxHashMap::default();
@@ -190,7 +245,26 @@ impl Catalog {
         );
         drop(order);
         // Replaced repeats were never inserted into the graph: no tombstones.
-        *self.state.write() = State { by_id, points, index: Arc::new(index), next_point, tombstones: 0 };
+        *self.state.write() = State { by_id, points, index: Arc::new(index), next_point, tombstones: 0, deleted };
+    }
+
+    /// Remembered deletes: (id, version of the delete).
+    pub fn export_deleted(&self) -> Vec<(String, u64)> {
+        self.state.read().deleted.iter().map(|(id, v)| (id.clone(), *v)).collect()
+    }
+
+    /// Ids whose delete is remembered.
+    pub fn deleted_ids(&self) -> usize {
+        self.state.read().deleted.len()
+    }
+
+    /// Every live id with its version, then every remembered delete: what a
+    /// peer replica compares against its own state.
+    pub fn digest(&self) -> (Vec<VersionedId>, Vec<VersionedId>) {
+        let s = self.state.read();
+        let live = s.points.values().map(|it| (it.item.id.clone(), it.version)).collect();
+        let deleted = s.deleted.iter().map(|(id, v)| (id.clone(), *v)).collect();
+        (live, deleted)
     }
 
     /// Every live item in insertion order (snapshots).
@@ -202,15 +276,30 @@ impl Catalog {
         items.into_iter().map(|(_, it)| it).collect()
     }
 
-    /// Deletes items; returns how many existed.
+    /// Deletes items (unversioned); returns how many existed.
     pub fn delete(&self, ids: &[String]) -> usize {
+        self.delete_versioned(ids, &[])
+    }
+
+    /// Deletes items with the versions of the deletes (parallel to `ids`,
+    /// missing ones 0), skipping items written after the delete; returns how
+    /// many live items were removed. Versioned deletes are remembered even
+    /// for ids not stored, so an older upsert arriving later stays dead.
+    pub fn delete_versioned(&self, ids: &[String], versions: &[u64]) -> usize {
         let mut s = self.state.write();
         let mut deleted = 0;
-        for id in ids {
+        for (i, id) in ids.iter().enumerate() {
+            let version = versions.get(i).copied().unwrap_or(0);
+            if !supersedes(version, Self::current_version(&s, id)) {
+                continue;
+            }
             if let Some(pid) = s.by_id.remove(id) {
                 s.points.remove(&pid);
                 s.tombstones += 1;
                 deleted += 1;
+            }
+            if version > 0 {
+                s.deleted.insert(id.clone(), version);
             }
         }
         deleted
@@ -401,6 +490,7 @@ mod tests {
                 ..Default::default()
             },
             vector: v,
+            version: 0,
         }
     }
 
@@ -424,7 +514,7 @@ mod tests {
         let exported = c.export();
         assert_eq!(exported.len(), c.len());
         let restored = Catalog::new(DIM, IndexParams::default(), CompactionPolicy::default());
-        restored.restore(exported.iter().map(|it| (**it).clone()).collect());
+        restored.restore(exported.iter().map(|it| (**it).clone()).collect(), HashMap::new());
         assert_eq!((restored.len(), restored.tombstones()), (c.len(), 0));
         assert_eq!(restored.get(renamed.id()).map(|it| it.item.title.clone()).as_deref(), Some("renamed"));
         for it in &exported {
@@ -558,5 +648,48 @@ mod tests {
             assert_eq!(c.search(&it.vector, 1, &Constraint::default()).hits[0].item.id(), it.id());
         }
         assert_eq!(c.len(), 1000 + 50);
+    }
+
+    #[test]
+    fn older_writes_lose_to_newer_ones_in_any_order() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let versioned = |id: &str, title: &str, version: u64, rng: &mut rand::rngs::StdRng| {
+            let mut it = item(id, "c", rng);
+            it.item.title = title.into();
+            it.version = version;
+            it
+        };
+        let (a1, a2, b1) = (
+            versioned("a", "old", 10, &mut rng),
+            versioned("a", "new", 20, &mut rng),
+            versioned("b", "b", 5, &mut rng),
+        );
+        // Two replicas receive the same writes in opposite orders.
+        let one = Catalog::new(DIM, IndexParams::default(), CompactionPolicy::default());
+        let two = Catalog::new(DIM, IndexParams::default(), CompactionPolicy::default());
+        assert_eq!(one.upsert(vec![a1.clone(), b1.clone()]), 2);
+        assert_eq!(one.upsert(vec![a2.clone()]), 1);
+        assert_eq!(one.delete_versioned(&["b".to_string()], &[7]), 1);
+        assert_eq!(two.delete_versioned(&["b".to_string()], &[7]), 0, "nothing to delete yet");
+        assert_eq!(two.upsert(vec![a2.clone(), b1.clone()]), 1, "b (version 5) is older than its delete (7)");
+        assert_eq!(two.upsert(vec![a1.clone()]), 0, "a version 10 is older than the stored 20");
+        for c in [&one, &two] {
+            assert_eq!(c.get("a").map(|it| it.item.title.clone()).as_deref(), Some("new"));
+            assert!(c.get("b").is_none());
+            assert_eq!(c.version_of("b"), Some(7));
+        }
+        let sorted = |c: &Catalog| {
+            let (mut live, mut deleted) = c.digest();
+            live.sort();
+            deleted.sort();
+            (live, deleted)
+        };
+        assert_eq!(sorted(&one), sorted(&two));
+        // A newer upsert brings a deleted id back and forgets the delete.
+        assert_eq!(two.upsert(vec![versioned("b", "back", 9, &mut rng)]), 1);
+        assert_eq!(two.deleted_ids(), 0);
+        // Unversioned writes (records from before replication) always apply.
+        assert_eq!(two.upsert(vec![versioned("a", "legacy", 0, &mut rng)]), 1);
+        assert_eq!(two.get("a").map(|it| it.item.title.clone()).as_deref(), Some("legacy"));
     }
 }

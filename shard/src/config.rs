@@ -8,6 +8,14 @@ use clap::Parser;
 
 use crate::wal::FsyncPolicy;
 
+/// A pod placement (--pod-index) that cannot be turned into a shard,
+/// replica and peers.
+#[derive(Debug, thiserror::Error)]
+pub enum PlacementError {
+    #[error("--peer-template {0:?} has no `{{index}}` to put the pod ordinal in")]
+    NoIndexInTemplate(String),
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "vitrine-shard", version, about = "A Vitrine shard: embeds, indexes and stores part of the catalogue")]
 pub struct ShardConfig {
@@ -21,6 +29,33 @@ pub struct ShardConfig {
     /// This shard's number (shown in results and ClusterInfo).
     #[arg(long, env = "VITRINE_SHARD_ID", default_value_t = 0)]
     pub shard_id: u32,
+    /// This replica's number within its shard (shown in ClusterInfo).
+    #[arg(long, env = "VITRINE_SHARD_REPLICA", default_value_t = 0)]
+    pub replica: u32,
+    /// The other replicas of this shard (host:port; repeat or separate with
+    /// commas). With peers the shard catches up with them at start-up
+    /// before serving reads, and when the router asks (docs/RELIABILITY.md).
+    #[arg(long = "peer", env = "VITRINE_SHARD_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Pod ordinal in a StatefulSet that holds every replica of every shard
+    /// (how the Helm chart places them): shard = index / --replicas,
+    /// replica = index % --replicas. Replaces --shard-id and --replica, so
+    /// one pod template serves all pods.
+    #[arg(long, env = "VITRINE_SHARD_POD_INDEX", conflicts_with_all = ["shard_id", "replica"])]
+    pub pod_index: Option<u32>,
+    /// With --pod-index: how many replicas each shard has.
+    #[arg(long, env = "VITRINE_SHARD_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub replicas: u32,
+    /// With --pod-index: the address of pod `{index}`, e.g.
+    /// `vitrine-shard-{index}.vitrine-shard.default.svc.cluster.local:50061`.
+    /// The other replicas of this pod's shard become its peers.
+    #[arg(long, env = "VITRINE_SHARD_PEER_TEMPLATE", requires = "pod_index", conflicts_with = "peers")]
+    pub peer_template: Option<String>,
+    /// How long the start-up catch-up keeps trying peers that do not answer
+    /// before serving reads with what this replica has, in ms.
+    #[arg(long, env = "VITRINE_SHARD_CATCH_UP_TIMEOUT_MS", default_value_t = 30_000)]
+    pub catch_up_timeout_ms: u64,
     /// Directory for the write-ahead log segments and the snapshots.
     #[arg(long, env = "VITRINE_SHARD_DATA_DIR", default_value = "data/shard-0")]
     pub data_dir: PathBuf,
@@ -121,4 +156,66 @@ pub struct ShardConfig {
     /// kubelet gRPC probes, which cannot use TLS.
     #[arg(long, env = "VITRINE_SHARD_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+}
+
+impl ShardConfig {
+    /// Resolves --pod-index into the shard id, the replica number and (with
+    /// --peer-template) the peers. Without --pod-index the configuration is
+    /// returned as given.
+    pub fn placed(mut self) -> Result<Self, PlacementError> {
+        let Some(index) = self.pod_index else {
+            return Ok(self);
+        };
+        let r = self.replicas.max(1);
+        self.shard_id = index / r;
+        self.replica = index % r;
+        if let Some(template) = &self.peer_template {
+            if !template.contains("{index}") {
+                return Err(PlacementError::NoIndexInTemplate(template.clone()));
+            }
+            let first = self.shard_id * r;
+            self.peers = (first..first + r)
+                .filter(|&i| i != index)
+                .map(|i| template.replace("{index}", &i.to_string()))
+                .collect();
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ShardConfig, String> {
+        let argv = std::iter::once("vitrine-shard").chain(args.iter().copied());
+        ShardConfig::try_parse_from(argv).map_err(|e| e.to_string())?.placed().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn pod_index_places_shard_replica_and_peers() {
+        let c = parse(&["--pod-index", "4", "--replicas", "3", "--peer-template", "s-{index}.s:1"]).unwrap();
+        assert_eq!((c.shard_id, c.replica), (1, 1));
+        assert_eq!(c.peers, vec!["s-3.s:1".to_string(), "s-5.s:1".to_string()]);
+        let c = parse(&["--pod-index", "3"]).unwrap();
+        assert_eq!((c.shard_id, c.replica), (3, 0));
+        assert!(c.peers.is_empty());
+    }
+
+    #[test]
+    fn one_replica_has_no_peers() {
+        let c = parse(&["--pod-index", "2", "--replicas", "1", "--peer-template", "s-{index}:1"]).unwrap();
+        assert_eq!((c.shard_id, c.replica), (2, 0));
+        assert!(c.peers.is_empty());
+    }
+
+    #[test]
+    fn placement_mistakes_are_refused() {
+        let e = parse(&["--pod-index", "1", "--replicas", "2", "--peer-template", "s:1"]).unwrap_err();
+        assert!(e.contains("no `{index}`"), "{e}");
+        assert!(parse(&["--pod-index", "1", "--shard-id", "2"]).is_err());
+        assert!(parse(&["--peer-template", "s-{index}:1"]).is_err(), "template without a pod index");
+        assert!(parse(&["--pod-index", "1", "--replicas", "0"]).is_err());
+        assert!(parse(&["--pod-index", "1", "--peer", "a:1", "--peer-template", "s-{index}:1"]).is_err());
+    }
 }

@@ -11,6 +11,7 @@
 //! - [`wal`]: the write-ahead log (segments, fsync policies) and its replay.
 //! - [`snapshot`]: checksummed snapshots of the whole state.
 //! - [`store`]: recovery (snapshot + log) and taking snapshots.
+//! - [`replica`]: catching up with the shard's other replicas.
 //! - [`service`]: the internal gRPC API the router calls.
 //! - [`metrics`]: the shard's Prometheus metrics.
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod flat;
 pub mod index;
 pub mod metrics;
 pub mod profiles;
+pub mod replica;
 pub mod service;
 pub mod serving;
 pub mod signals;
@@ -30,6 +32,7 @@ pub mod snapshot;
 pub mod store;
 pub mod wal;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,6 +114,25 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     let snapshot_policy =
         SnapshotPolicy { after_wal_bytes: config.snapshot_wal_bytes, keep: usize::from(config.snapshots_keep) };
     let snapshot_seq = recovered.snapshot.as_ref().map_or(0, |s| s.seq);
+    // Peers are called with the shard's own TLS settings: the cluster CA as
+    // trust root and, under mutual TLS, the shard's certificate as identity.
+    let peer_tls = match (&config.tls_cert, &config.tls_ca) {
+        (Some(_), Some(ca)) => {
+            let identity = config.tls_client_auth.then_some((config.tls_cert.as_deref(), config.tls_key.as_deref()));
+            let identity = identity.and_then(|(c, k)| c.zip(k));
+            Some(vitrine_security::tls::client_config(ca, identity, None)?)
+        }
+        (Some(_), None) if !config.peers.is_empty() => {
+            anyhow::bail!("--peer with TLS needs --tls-ca: the CA that signed the peers' certificates")
+        }
+        _ => None,
+    };
+    let peers = replica::Peers::connect(
+        &config.peers,
+        peer_tls.as_ref(),
+        config.max_message_mib << 20,
+        Duration::from_millis(config.catch_up_timeout_ms),
+    )?;
     let state = Arc::new(ShardState {
         shard_id: config.shard_id,
         batcher,
@@ -121,6 +143,8 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         snapshots: Snapshots::new(&config.data_dir, snapshot_policy, snapshot_seq),
         embedder,
         limits: Limits::default(),
+        replica: config.replica,
+        peers,
     });
     // Items from the snapshot and the log are staged into their final state
     // first and indexed with one parallel build: replaying upserts one by
@@ -134,8 +158,9 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         let manifest = snapshot::load(snap, |record| match record.op {
             Some(wal::Op::Upsert(req)) => {
                 bad = bad.take().or_else(|| wrong_dimension(&req, dimension));
-                staged.upsert(req.items);
+                staged.upsert(req);
             }
+            Some(wal::Op::Delete(req)) => staged.delete(&req),
             _ => state.apply(record),
         })?;
         if let Some(msg) = bad {
@@ -151,14 +176,15 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
                 if let Some(msg) = wrong_dimension(&req, dimension) {
                     anyhow::bail!("{}: {msg}; the log was written with another model", config.data_dir.display());
                 }
-                staged.upsert(req.items);
+                staged.upsert(req);
             }
-            Some(wal::Op::Delete(req)) => staged.delete(&req.ids),
+            Some(wal::Op::Delete(req)) => staged.delete(&req),
             op => state.apply(wal::WalRecord { op }),
         }
     }
     let read_ms = loading.elapsed().as_millis() as u64;
-    state.catalog.restore(staged.into_items());
+    let (items, deleted) = staged.into_parts();
+    state.catalog.restore(items, deleted);
     tracing::info!(
         items = state.catalog.len(),
         read_ms,
@@ -184,24 +210,41 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
 }
 
 /// Items by id in their final state during recovery, remembering the order
-/// of each id's last write (the order they are indexed in).
+/// of each id's last write (the order they are indexed in), and remembered
+/// deletes. Versions decide as in [`Catalog`]: an older write is skipped.
 #[derive(Default)]
 struct Staged {
-    items: std::collections::HashMap<String, (u64, StoredItem)>,
+    items: HashMap<String, (u64, StoredItem)>,
+    deleted: HashMap<String, u64>,
     writes: u64,
 }
 
 impl Staged {
-    fn upsert(&mut self, items: Vec<pb::Item>) {
-        for item in items.into_iter().filter_map(StoredItem::from_wire) {
+    fn current(&self, id: &str) -> Option<u64> {
+        self.items.get(id).map(|(_, it)| it.version).or_else(|| self.deleted.get(id).copied())
+    }
+
+    fn upsert(&mut self, req: pb::ShardUpsertRequest) {
+        for item in StoredItem::from_request(req) {
+            if !catalog::supersedes(item.version, self.current(item.id())) {
+                continue;
+            }
             self.writes += 1;
+            self.deleted.remove(item.id());
             self.items.insert(item.item.id.clone(), (self.writes, item));
         }
     }
 
-    fn delete(&mut self, ids: &[String]) {
-        for id in ids {
+    fn delete(&mut self, req: &pb::ShardDeleteRequest) {
+        for (i, id) in req.ids.iter().enumerate() {
+            let version = req.versions.get(i).copied().unwrap_or(0);
+            if !catalog::supersedes(version, self.current(id)) {
+                continue;
+            }
             self.items.remove(id);
+            if version > 0 {
+                self.deleted.insert(id.clone(), version);
+            }
         }
     }
 
@@ -209,10 +252,10 @@ impl Staged {
         self.items.len()
     }
 
-    fn into_items(self) -> Vec<StoredItem> {
+    fn into_parts(self) -> (Vec<StoredItem>, HashMap<String, u64>) {
         let mut items: Vec<(u64, StoredItem)> = self.items.into_values().collect();
         items.sort_unstable_by_key(|(order, _)| *order);
-        items.into_iter().map(|(_, it)| it).collect()
+        (items.into_iter().map(|(_, it)| it).collect(), self.deleted)
     }
 }
 
@@ -256,7 +299,19 @@ pub async fn serve(
         _ => None,
     };
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<Server>().await;
+    if state.peers.is_ready() {
+        health_reporter.set_serving::<Server>().await;
+    } else {
+        // Writes are taken at once; reads (and readiness) wait for the
+        // catch-up with the peer replicas, which runs once we listen.
+        health_reporter.set_not_serving::<Server>().await;
+        let state = Arc::clone(&state);
+        let reporter = health_reporter.clone();
+        tokio::spawn(async move {
+            replica::catch_up_at_start(state).await;
+            reporter.set_serving::<Server>().await;
+        });
+    }
     // Stops with this function: after the drain, like the main port.
     let _health_port = config
         .health_listen

@@ -50,6 +50,10 @@ pub(crate) struct ShardMetrics {
     pub snapshot_seconds: Histogram,
     /// Sequence number of the last record in the log (set on scrape).
     pub wal_last_seq: IntGauge,
+    /// Catch-ups with the peer replicas, by result (`ok`, `partial`).
+    pub catch_ups: IntCounterVec,
+    /// 1 while this replica serves reads, 0 while it catches up (on scrape).
+    pub ready: IntGauge,
 }
 
 static METRICS: LazyLock<ShardMetrics> = LazyLock::new(|| ShardMetrics {
@@ -98,6 +102,15 @@ static METRICS: LazyLock<ShardMetrics> = LazyLock::new(|| ShardMetrics {
         "vitrine_wal_last_seq",
         "Sequence number of the last record in this shard's write-ahead log",
     ),
+    catch_ups: vitrine_metrics::counter_vec(
+        "vitrine_replica_catch_ups_total",
+        "Catch-ups of this replica with its peers, by result (partial: a peer failed)",
+        &["result"],
+    ),
+    ready: vitrine_metrics::gauge(
+        "vitrine_replica_ready",
+        "1 while this replica serves reads, 0 while it catches up with its peers",
+    ),
 });
 
 pub(crate) fn get() -> &'static ShardMetrics {
@@ -111,6 +124,9 @@ pub fn init() {
     for result in ["ok", "error"] {
         m.snapshots.with_label_values(&[result]);
     }
+    for result in ["ok", "partial"] {
+        m.catch_ups.with_label_values(&[result]);
+    }
 }
 
 /// Sets the gauges read from the shard's state; runs before every scrape.
@@ -121,6 +137,7 @@ pub fn refresh(state: &ShardState) {
     m.index_items.set(state.catalog.len() as i64);
     m.index_tombstones.set(state.catalog.tombstones() as i64);
     m.wal_last_seq.set(state.wal.lock().last_seq() as i64);
+    m.ready.set(i64::from(state.peers.is_ready()));
 }
 
 #[cfg(test)]
@@ -144,6 +161,8 @@ mod tests {
             "vitrine_snapshots_total",
             "vitrine_snapshot_seconds",
             "vitrine_wal_last_seq",
+            "vitrine_replica_catch_ups_total",
+            "vitrine_replica_ready",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing from\n{text}");
         }

@@ -15,6 +15,7 @@ use crate::catalog::{sort_hits, Catalog, Constraint, Hit, StoredItem};
 use crate::embed::TextEmbedder;
 use crate::index::dot;
 use crate::profiles::Profiles;
+use crate::replica::Peers;
 use crate::signals::SignalStore;
 use crate::store::{Captured, Snapshots, StoreError, Written};
 use crate::wal::{Op, Wal, WalRecord};
@@ -35,6 +36,10 @@ pub struct ShardState {
     /// Batches query embeddings (present when there is a text model).
     pub batcher: Option<Batcher>,
     pub limits: Limits,
+    /// Replica number within the shard (reported in Info).
+    pub replica: u32,
+    /// The other replicas of this shard and whether reads are served yet.
+    pub peers: Peers,
 }
 
 impl ShardState {
@@ -42,14 +47,13 @@ impl ShardState {
     pub fn apply(&self, record: WalRecord) {
         match record.op {
             Some(Op::Upsert(req)) => {
-                let items = req.items.into_iter().filter_map(StoredItem::from_wire).collect();
-                self.catalog.upsert(items);
+                self.catalog.upsert(StoredItem::from_request(req));
             }
             Some(Op::Delete(req)) => {
-                self.catalog.delete(&req.ids);
+                self.catalog.delete_versioned(&req.ids, &req.versions);
             }
-            Some(Op::Events(req)) => self.profiles.append(&req.events),
-            Some(Op::Signals(req)) => self.signals.update(&req.signals),
+            Some(Op::Events(req)) => self.profiles.append(&req.events, &req.versions),
+            Some(Op::Signals(req)) => self.signals.update(&req.signals, &req.versions),
             None => {}
         }
     }
@@ -57,7 +61,7 @@ impl ShardState {
     /// Logs, applies and, once durable, returns: the caller may acknowledge.
     /// Under group commit the wait for the shared fsync happens after the
     /// log's lock is released, so concurrent writers share one flush.
-    fn log_and_apply(self: &Arc<Self>, record: WalRecord) -> Result<(), Status> {
+    pub(crate) fn log_and_apply(self: &Arc<Self>, record: WalRecord) -> Result<(), Status> {
         let (appended, snapshot_due) = {
             let mut wal = self.wal.lock();
             let appended = wal.append(&record).map_err(|e| storage_status(&e.into()))?;
@@ -83,6 +87,7 @@ impl ShardState {
     pub fn snapshot(&self) -> Result<Written, StoreError> {
         self.snapshots.take(&self.wal, || Captured {
             items: self.catalog.export(),
+            deleted: self.catalog.export_deleted(),
             events: self.profiles.export(),
             users: self.profiles.len() as u64,
             signals: self.signals.export(),
@@ -149,9 +154,32 @@ fn storage_status(e: &StoreError) -> Status {
     }
 }
 
+/// Refuses a read while this replica is catching up with its peers: its
+/// answer could miss writes the others acknowledged. The router then asks
+/// another replica.
+fn serving_reads(state: &ShardState) -> Result<(), Status> {
+    if state.peers.is_ready() {
+        Ok(())
+    } else {
+        Err(Status::unavailable(format!(
+            "shard {} replica {} is catching up with its peers; ask another replica",
+            state.shard_id, state.replica
+        )))
+    }
+}
+
+/// Checks that a write's versions, when given, are one per entry.
+fn check_versions(what: &str, entries: usize, versions: &[u64]) -> Result<(), Status> {
+    if versions.is_empty() || versions.len() == entries {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!("{} versions for {entries} {what}", versions.len())))
+    }
+}
+
 /// Runs blocking work (model inference, graph search, fsync) off the async
 /// workers so that one slow call cannot stall every connection.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || span.in_scope(f))
         .await
@@ -203,7 +231,8 @@ impl pb::shard_server::Shard for ShardService {
         let span =
             tracing::info_span!("shard.upsert", shard = self.state.shard_id, items = request.get_ref().items.len());
         async move {
-            let mut items = request.into_inner().items;
+            let pb::ShardUpsertRequest { mut items, versions } = request.into_inner();
+            check_versions("items", items.len(), &versions)?;
             let dim = self.state.catalog.dimension();
             validate::items(&items, dim, self.state.embedder.is_some(), &self.state.limits)?;
             let need: Vec<usize> = (0..items.len()).filter(|&i| items[i].vector.is_none()).collect();
@@ -221,11 +250,11 @@ impl pb::shard_server::Shard for ShardService {
                 }
             }
             let n = items.len() as u32;
-            let record = WalRecord { op: Some(Op::Upsert(pb::ShardUpsertRequest { items })) };
+            let record = WalRecord { op: Some(Op::Upsert(pb::ShardUpsertRequest { items, versions })) };
             let state = Arc::clone(&self.state);
             blocking(move || state.log_and_apply(record)).await??;
             self.state.catalog.maybe_compact_in_background();
-            Ok(Response::new(pb::UpsertItemsResponse { upserted: n, embedded: need.len() as u32 }))
+            Ok(Response::new(pb::UpsertItemsResponse { upserted: n, embedded: need.len() as u32, replication: None }))
         }
         .instrument(span)
         .await
@@ -233,17 +262,18 @@ impl pb::shard_server::Shard for ShardService {
 
     async fn delete(
         &self,
-        request: Request<pb::DeleteItemsRequest>,
+        request: Request<pb::ShardDeleteRequest>,
     ) -> Result<Response<pb::DeleteItemsResponse>, Status> {
         let span = tracing::info_span!("shard.delete", shard = self.state.shard_id);
         async move {
             let req = request.into_inner();
             validate::ids("item id", &req.ids, &self.state.limits)?;
+            check_versions("ids", req.ids.len(), &req.versions)?;
             let existing = req.ids.iter().filter(|id| self.state.catalog.get(id).is_some()).count() as u32;
             let state = Arc::clone(&self.state);
             blocking(move || state.log_and_apply(WalRecord { op: Some(Op::Delete(req)) })).await??;
             self.state.catalog.maybe_compact_in_background();
-            Ok(Response::new(pb::DeleteItemsResponse { deleted: existing }))
+            Ok(Response::new(pb::DeleteItemsResponse { deleted: existing, replication: None }))
         }
         .instrument(span)
         .await
@@ -251,6 +281,7 @@ impl pb::shard_server::Shard for ShardService {
 
     async fn get(&self, request: Request<pb::GetItemsRequest>) -> Result<Response<pb::GetItemsResponse>, Status> {
         let _span = tracing::info_span!("shard.get", shard = self.state.shard_id).entered();
+        serving_reads(&self.state)?;
         let req = request.into_inner();
         validate::ids("item id", &req.ids, &self.state.limits)?;
         let mut out = pb::GetItemsResponse::default();
@@ -275,6 +306,7 @@ impl pb::shard_server::Shard for ShardService {
     ) -> Result<Response<pb::ShardSearchResponse>, Status> {
         let span = tracing::info_span!("shard.search", shard = self.state.shard_id, k = request.get_ref().k);
         async move {
+            serving_reads(&self.state)?;
             let req = request.into_inner();
             let dim = self.state.catalog.dimension();
             let query = match (&req.vector, &req.source) {
@@ -362,6 +394,7 @@ impl pb::shard_server::Shard for ShardService {
 
     async fn get_profile(&self, request: Request<pb::GetProfileRequest>) -> Result<Response<pb::Profile>, Status> {
         let _span = tracing::info_span!("shard.get_profile", shard = self.state.shard_id).entered();
+        serving_reads(&self.state)?;
         let user_id = request.into_inner().user_id;
         validate::id("user id", &user_id, &self.state.limits)?;
         let events = self.state.profiles.get(&user_id);
@@ -370,7 +403,7 @@ impl pb::shard_server::Shard for ShardService {
 
     async fn append_events(
         &self,
-        request: Request<pb::RecordEventsRequest>,
+        request: Request<pb::ShardEventsRequest>,
     ) -> Result<Response<pb::RecordEventsResponse>, Status> {
         let span = tracing::info_span!(
             "shard.append_events",
@@ -380,13 +413,14 @@ impl pb::shard_server::Shard for ShardService {
         async move {
             let req = request.into_inner();
             validate::batch_len("events", req.events.len(), &self.state.limits)?;
+            check_versions("events", req.events.len(), &req.versions)?;
             for e in &req.events {
                 validate::event(e, &self.state.limits)?;
             }
             let n = req.events.len() as u32;
             let state = Arc::clone(&self.state);
             blocking(move || state.log_and_apply(WalRecord { op: Some(Op::Events(req)) })).await??;
-            Ok(Response::new(pb::RecordEventsResponse { recorded: n }))
+            Ok(Response::new(pb::RecordEventsResponse { recorded: n, replication: None }))
         }
         .instrument(span)
         .await
@@ -394,7 +428,7 @@ impl pb::shard_server::Shard for ShardService {
 
     async fn update_signals(
         &self,
-        request: Request<pb::UpdateSignalsRequest>,
+        request: Request<pb::ShardSignalsRequest>,
     ) -> Result<Response<pb::UpdateSignalsResponse>, Status> {
         let span = tracing::info_span!(
             "shard.update_signals",
@@ -404,13 +438,14 @@ impl pb::shard_server::Shard for ShardService {
         async move {
             let req = request.into_inner();
             validate::batch_len("signal entries", req.signals.len(), &self.state.limits)?;
+            check_versions("signal entries", req.signals.len(), &req.versions)?;
             for s in &req.signals {
                 validate::signals(s, &self.state.limits)?;
             }
             let n = req.signals.len() as u32;
             let state = Arc::clone(&self.state);
             blocking(move || state.log_and_apply(WalRecord { op: Some(Op::Signals(req)) })).await??;
-            Ok(Response::new(pb::UpdateSignalsResponse { updated: n }))
+            Ok(Response::new(pb::UpdateSignalsResponse { updated: n, replication: None }))
         }
         .instrument(span)
         .await
@@ -421,6 +456,7 @@ impl pb::shard_server::Shard for ShardService {
         request: Request<pb::GetSignalsRequest>,
     ) -> Result<Response<pb::GetSignalsResponse>, Status> {
         let _span = tracing::info_span!("shard.get_signals", shard = self.state.shard_id).entered();
+        serving_reads(&self.state)?;
         let req = request.into_inner();
         validate::ids("item id", &req.ids, &self.state.limits)?;
         let signals = req.ids.iter().filter_map(|id| self.state.signals.get(id).map(|s| s.to_wire(id))).collect();
@@ -436,7 +472,7 @@ impl pb::shard_server::Shard for ShardService {
         Ok(Response::new(pb::ShardInfo {
             shard: s.shard_id,
             address: String::new(),
-            state: pb::ShardState::Serving as i32,
+            state: if s.peers.is_ready() { pb::ShardState::Serving } else { pb::ShardState::CatchingUp } as i32,
             items: s.catalog.len() as u64,
             tombstones: s.catalog.tombstones() as u64,
             users: s.profiles.len() as u64,
@@ -448,6 +484,8 @@ impl pb::shard_server::Shard for ShardService {
             wal_last_seq,
             snapshot_seq: s.snapshots.last_seq(),
             wal_bytes,
+            replica: s.replica,
+            deleted_ids: s.catalog.deleted_ids() as u64,
         }))
     }
 
@@ -465,6 +503,7 @@ impl pb::shard_server::Shard for ShardService {
         let m = written.manifest;
         Ok(Response::new(pb::SnapshotInfo {
             shard: self.state.shard_id,
+            replica: self.state.replica,
             seq: m.seq,
             items: m.items,
             users: m.users,
@@ -472,5 +511,42 @@ impl pb::shard_server::Shard for ShardService {
             elapsed_ms: written.elapsed_ms,
             error: String::new(),
         }))
+    }
+
+    type SyncDigestStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SyncDigestChunk, Status>> + Send>>;
+
+    async fn sync_digest(
+        &self,
+        _request: Request<pb::SyncDigestRequest>,
+    ) -> Result<Response<Self::SyncDigestStream>, Status> {
+        let span = tracing::info_span!("shard.sync_digest", shard = self.state.shard_id);
+        let state = Arc::clone(&self.state);
+        let chunks = blocking(move || crate::replica::digest_chunks(&state)).instrument(span).await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
+    }
+
+    async fn sync_fetch(
+        &self,
+        request: Request<pb::SyncFetchRequest>,
+    ) -> Result<Response<pb::SyncFetchResponse>, Status> {
+        let span = tracing::info_span!("shard.sync_fetch", shard = self.state.shard_id);
+        let req = request.into_inner();
+        let asked = req.item_ids.len() + req.user_ids.len() + req.signal_ids.len();
+        if asked > crate::replica::MAX_FETCH {
+            return Err(Status::invalid_argument(format!(
+                "{asked} ids in one fetch; the limit is {}",
+                crate::replica::MAX_FETCH
+            )));
+        }
+        let state = Arc::clone(&self.state);
+        let resp = blocking(move || crate::replica::fetch(&state, &req)).instrument(span).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn catch_up(&self, _request: Request<pb::CatchUpRequest>) -> Result<Response<pb::CatchUpResponse>, Status> {
+        let span = tracing::info_span!("shard.catch_up", shard = self.state.shard_id, replica = self.state.replica);
+        let report = crate::replica::catch_up(Arc::clone(&self.state)).instrument(span).await;
+        Ok(Response::new(report))
     }
 }

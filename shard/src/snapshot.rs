@@ -279,7 +279,7 @@ mod tests {
     use vitrine_proto::pb;
 
     fn rec(i: u32) -> WalRecord {
-        WalRecord { op: Some(Op::Delete(pb::DeleteItemsRequest { ids: vec![format!("item-{i}")] })) }
+        WalRecord { op: Some(Op::Delete(pb::ShardDeleteRequest { ids: vec![format!("item-{i}")], versions: vec![] })) }
     }
 
     #[test]

@@ -218,9 +218,13 @@ impl Snapshots {
 /// The state as captured for a snapshot.
 pub struct Captured {
     pub items: Vec<std::sync::Arc<crate::catalog::StoredItem>>,
-    pub events: Vec<pb::Event>,
+    /// Remembered deletes (id, version): without them a replica restored
+    /// from this snapshot could take an older copy back from a peer.
+    pub deleted: Vec<(String, u64)>,
+    pub events: Vec<crate::profiles::StoredEvent>,
     pub users: u64,
-    pub signals: Vec<pb::ItemSignals>,
+    /// Signal entries with their versions, cleared ones included.
+    pub signals: Vec<(pb::ItemSignals, u64)>,
     pub dimension: usize,
 }
 
@@ -228,13 +232,15 @@ pub struct Captured {
 const ITEMS_PER_RECORD: usize = 1000;
 const EVENTS_PER_RECORD: usize = 10_000;
 const SIGNALS_PER_RECORD: usize = 1000;
+const DELETES_PER_RECORD: usize = 10_000;
 
 impl Captured {
     /// Records that rebuild the state when applied to an empty shard,
     /// encoded lazily so a large catalogue is never copied whole.
     fn into_records(self) -> impl Iterator<Item = WalRecord> {
-        let Captured { items, events, signals, .. } = self;
+        let Captured { items, deleted, events, signals, .. } = self;
         let items = chunked(items, ITEMS_PER_RECORD).map(|chunk| {
+            let versions = chunk.iter().map(|it| it.version).collect();
             let items = chunk
                 .iter()
                 .map(|it| {
@@ -243,13 +249,21 @@ impl Captured {
                     item
                 })
                 .collect();
-            WalRecord { op: Some(Op::Upsert(pb::ShardUpsertRequest { items })) }
+            WalRecord { op: Some(Op::Upsert(pb::ShardUpsertRequest { items, versions })) }
         });
-        let events = chunked(events, EVENTS_PER_RECORD)
-            .map(|events| WalRecord { op: Some(Op::Events(pb::RecordEventsRequest { events })) });
-        let signals = chunked(signals, SIGNALS_PER_RECORD)
-            .map(|signals| WalRecord { op: Some(Op::Signals(pb::UpdateSignalsRequest { signals })) });
-        items.chain(events).chain(signals)
+        let deleted = chunked(deleted, DELETES_PER_RECORD).map(|chunk| {
+            let (ids, versions) = chunk.into_iter().unzip();
+            WalRecord { op: Some(Op::Delete(pb::ShardDeleteRequest { ids, versions })) }
+        });
+        let events = chunked(events, EVENTS_PER_RECORD).map(|chunk| {
+            let (versions, events) = chunk.into_iter().map(|e| (e.version, e.event)).unzip();
+            WalRecord { op: Some(Op::Events(pb::ShardEventsRequest { events, versions })) }
+        });
+        let signals = chunked(signals, SIGNALS_PER_RECORD).map(|chunk| {
+            let (signals, versions) = chunk.into_iter().unzip();
+            WalRecord { op: Some(Op::Signals(pb::ShardSignalsRequest { signals, versions })) }
+        });
+        items.chain(deleted).chain(events).chain(signals)
     }
 }
 
@@ -267,13 +281,14 @@ mod tests {
     use crate::wal::FsyncPolicy;
 
     fn rec(i: u32) -> WalRecord {
-        WalRecord { op: Some(Op::Delete(pb::DeleteItemsRequest { ids: vec![format!("item-{i}")] })) }
+        WalRecord { op: Some(Op::Delete(pb::ShardDeleteRequest { ids: vec![format!("item-{i}")], versions: vec![] })) }
     }
 
     /// A small state; the data file must have bytes to damage.
     fn empty() -> Captured {
         let event = pb::Event { user_id: "u".into(), item_id: "i".into(), r#type: 1, timestamp_ms: 1 };
-        Captured { items: Vec::new(), events: vec![event], users: 1, signals: Vec::new(), dimension: 4 }
+        let events = vec![crate::profiles::StoredEvent { version: 1, event }];
+        Captured { items: Vec::new(), deleted: Vec::new(), events, users: 1, signals: Vec::new(), dimension: 4 }
     }
 
     #[test]

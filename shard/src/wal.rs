@@ -44,12 +44,15 @@ pub struct WalRecord {
 pub enum Op {
     #[prost(message, tag = "1")]
     Upsert(pb::ShardUpsertRequest),
+    // The shard messages below extend, field for field, the public ones
+    // logged before replication (DeleteItemsRequest, RecordEventsRequest,
+    // UpdateSignalsRequest) with versions, so older logs still decode.
     #[prost(message, tag = "2")]
-    Delete(pb::DeleteItemsRequest),
+    Delete(pb::ShardDeleteRequest),
     #[prost(message, tag = "3")]
-    Events(pb::RecordEventsRequest),
+    Events(pb::ShardEventsRequest),
     #[prost(message, tag = "4")]
-    Signals(pb::UpdateSignalsRequest),
+    Signals(pb::ShardSignalsRequest),
 }
 
 /// When appends reach the disk. docs/RELIABILITY.md states what each gives.
@@ -710,7 +713,7 @@ mod tests {
     use super::*;
 
     fn rec(i: u32) -> WalRecord {
-        WalRecord { op: Some(Op::Delete(pb::DeleteItemsRequest { ids: vec![format!("item-{i}")] })) }
+        WalRecord { op: Some(Op::Delete(pb::ShardDeleteRequest { ids: vec![format!("item-{i}")], versions: vec![] })) }
     }
 
     fn opts() -> WalOptions {

@@ -323,11 +323,16 @@ fn arb_record() -> BoxedStrategy<WalRecord> {
     let neighbour = (arb_id(), any::<f32>()).prop_map(|(id, weight)| pb::Neighbour { id, weight });
     let signals = (arb_id(), prop::collection::vec(neighbour, 0..4), any::<f32>())
         .prop_map(|(id, neighbours, popularity)| pb::ItemSignals { id, neighbours, popularity });
+    let versions = || prop::collection::vec(any::<u64>(), 0..5);
     let op = prop_oneof![
-        3 => prop::collection::vec(arb_item(), 1..4).prop_map(|items| Op::Upsert(pb::ShardUpsertRequest { items })),
-        2 => prop::collection::vec(arb_id(), 0..5).prop_map(|ids| Op::Delete(pb::DeleteItemsRequest { ids })),
-        2 => prop::collection::vec(event, 1..5).prop_map(|events| Op::Events(pb::RecordEventsRequest { events })),
-        2 => prop::collection::vec(signals, 1..4).prop_map(|signals| Op::Signals(pb::UpdateSignalsRequest { signals })),
+        3 => (prop::collection::vec(arb_item(), 1..4), versions())
+            .prop_map(|(items, versions)| Op::Upsert(pb::ShardUpsertRequest { items, versions })),
+        2 => (prop::collection::vec(arb_id(), 0..5), versions())
+            .prop_map(|(ids, versions)| Op::Delete(pb::ShardDeleteRequest { ids, versions })),
+        2 => (prop::collection::vec(event, 1..5), versions())
+            .prop_map(|(events, versions)| Op::Events(pb::ShardEventsRequest { events, versions })),
+        2 => (prop::collection::vec(signals, 1..4), versions())
+            .prop_map(|(signals, versions)| Op::Signals(pb::ShardSignalsRequest { signals, versions })),
     ];
     // Every record the shard logs has an operation, so its payload is never
     // empty. (An empty payload at sequence 2^32 - 1 would defeat the
@@ -1376,7 +1381,7 @@ fn a_segment_named_zero_is_refused() {
     assert!(matches!(Wal::open(dir.path(), 0, wal_options(false)), Err(WalError::Corrupt { .. })));
 
     let dir = tempfile::tempdir().unwrap();
-    let record = WalRecord { op: Some(Op::Delete(pb::DeleteItemsRequest { ids: vec!["a".into()] })) };
+    let record = WalRecord { op: Some(Op::Delete(pb::ShardDeleteRequest { ids: vec!["a".into()], versions: vec![] })) };
     let (mut wal, _) = Wal::open(dir.path(), 0, wal_options(false)).unwrap();
     wal.append(&record).unwrap().wait_durable().unwrap();
     drop(wal);

@@ -262,7 +262,7 @@ def test_shard_statefulset_storage_and_identity(case):
     assert mounts[vct["metadata"]["name"]] == env["VITRINE_SHARD_DATA_DIR"] == "/var/lib/vitrine"
     assert vct["spec"]["resources"]["requests"]["storage"] == "10Gi"
     assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
-    shard_id = env_of(c)["VITRINE_SHARD_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
+    shard_id = env_of(c)["VITRINE_SHARD_POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert shard_id == "metadata.labels['apps.kubernetes.io/pod-index']"
     assert c["command"] == ["vitrine-shard"] and "args" not in c
 
@@ -324,6 +324,32 @@ def test_other_release_name_namespace_and_domain():
     assert shard_sts(objs, "shop-vitrine")["spec"]["serviceName"] == "shop-vitrine-shard"
     objs = chartlib.render({"fullnameOverride": "recs"})
     assert router_shard_args(objs, "recs") == shard_addrs(2, fullname="recs")
+
+
+def test_replicas_place_pods_and_peers():
+    """shard.replicas multiplies the pods; the router gets every replica's
+    address, each shard's together; each pod's peers (the template the shard
+    fills in with --pod-index) are exactly the other replicas of its shard."""
+    objs = chartlib.render({"shard": {"count": 2, "replicas": 3},
+                            "router": {"writeConsistency": "all", "hedgeMs": 0}})
+    sts = shard_sts(objs)
+    assert sts["spec"]["replicas"] == 6
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+    addrs = router_shard_args(objs)
+    assert addrs == shard_addrs(6)
+    cm = one(objs, "ConfigMap", f"{R}-config")["data"]
+    assert cm["VITRINE_ROUTER_REPLICAS"] == cm["VITRINE_SHARD_REPLICAS"] == "3"
+    assert cm["VITRINE_ROUTER_WRITE_CONSISTENCY"] == "all"
+    assert cm["VITRINE_ROUTER_HEDGE_MS"] == "0"
+    template = cm["VITRINE_SHARD_PEER_TEMPLATE"]
+    assert template.count("{index}") == 1
+    r = 3
+    for pod in range(6):
+        shard = pod // r
+        peers = [template.replace("{index}", str(q)) for q in range(shard * r, shard * r + r) if q != pod]
+        assert peers == [a for i, a in enumerate(addrs) if i // r == shard and i != pod]
+    default = one(chartlib.render({}), "ConfigMap", f"{R}-config")["data"]
+    assert default["VITRINE_ROUTER_REPLICAS"] == "1" and default["VITRINE_ROUTER_WRITE_CONSISTENCY"] == "quorum"
 
 
 def test_autoscaling_off_sets_replicas():

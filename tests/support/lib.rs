@@ -132,7 +132,11 @@ fn tail(path: &Path, n: usize) -> String {
 /// Options for a test cluster.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Shard processes: shards × replicas (see `replicas`).
     pub shards: usize,
+    /// Replicas per shard (0 means 1): process `i` is shard `i / replicas`,
+    /// replica `i % replicas`, and knows its group's other members as peers.
+    pub replicas: usize,
     pub router_args: Vec<String>,
     pub shard_args: Vec<String>,
     /// Give every process a metrics port (`--metrics-addr` on loopback);
@@ -193,6 +197,7 @@ impl Options {
     pub fn shards(n: usize) -> Self {
         Self {
             shards: n,
+            replicas: 0,
             router_args: Vec::new(),
             shard_args: Vec::new(),
             metrics: false,
@@ -238,7 +243,12 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the processes (and waits until every shard answers).
     pub fn start(opts: Options) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let mut dir = tempfile::tempdir().expect("tempdir");
+        // Debugging aid: keep the logs and data of a failing run.
+        if std::env::var_os("VITRINE_TEST_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         let (model_dir, ort) = models();
         let bins = bin_dir();
         let mut shards = Vec::new();
@@ -249,13 +259,18 @@ impl Cluster {
             args.extend(["--metrics-addr".to_string(), addr.clone()]);
             list.push(addr);
         };
+        let replicas = opts.replicas.max(1);
+        let planned: Vec<String> = (0..opts.shards).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         for i in 0..opts.shards {
-            let addr = format!("127.0.0.1:{}", free_port());
+            let addr = planned[i].clone();
+            let group = i / replicas;
             let mut args = vec![
                 "--listen".into(),
                 addr.clone(),
                 "--shard-id".into(),
-                i.to_string(),
+                group.to_string(),
+                "--replica".into(),
+                (i % replicas).to_string(),
                 "--data-dir".into(),
                 opts.data_root.as_deref().unwrap_or(dir.path()).join(format!("shard-{i}")).display().to_string(),
                 "--model-dir".into(),
@@ -263,6 +278,9 @@ impl Cluster {
                 "--ort-lib".into(),
                 ort.display().to_string(),
             ];
+            for peer in (group * replicas..(group + 1) * replicas).filter(|&j| j != i) {
+                args.extend(["--peer".to_string(), planned[peer].clone()]);
+            }
             if opts.metrics {
                 metrics_arg(&mut shard_metrics, &mut args);
             }
@@ -282,7 +300,7 @@ impl Cluster {
             addrs.push(addr);
         }
         let router_addr = format!("127.0.0.1:{}", free_port());
-        let mut args = vec!["--listen".to_string(), router_addr.clone()];
+        let mut args = vec!["--listen".to_string(), router_addr.clone(), "--replicas".into(), replicas.to_string()];
         for a in &addrs {
             args.push("--shard".into());
             args.push(a.clone());
@@ -587,8 +605,11 @@ fn generated(n: usize) -> Vec<pb::Item> {
 pub async fn load(client: &mut VitrineClient<Channel>, items: &[pb::Item]) -> pb::UpsertItemsResponse {
     let mut total = pb::UpsertItemsResponse::default();
     for chunk in items.chunks(250) {
-        let r =
-            client.upsert_items(pb::UpsertItemsRequest { items: chunk.to_vec() }).await.expect("upsert").into_inner();
+        let r = client
+            .upsert_items(pb::UpsertItemsRequest { items: chunk.to_vec(), ..Default::default() })
+            .await
+            .expect("upsert")
+            .into_inner();
         total.upserted += r.upserted;
         total.embedded += r.embedded;
     }

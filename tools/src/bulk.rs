@@ -78,7 +78,7 @@ pub async fn upsert_items(
         async move {
             let first = items.first().map(|i| i.id.clone()).unwrap_or_default();
             let r = c
-                .upsert_items(pb::UpsertItemsRequest { items })
+                .upsert_items(pb::UpsertItemsRequest { items, ..Default::default() })
                 .await
                 .with_context(|| format!("UpsertItems (batch starting at item {first:?})"))?;
             Ok(r.into_inner())
@@ -88,6 +88,7 @@ pub async fn upsert_items(
     Ok(answers.into_iter().fold(pb::UpsertItemsResponse::default(), |a, r| pb::UpsertItemsResponse {
         upserted: a.upserted + r.upserted,
         embedded: a.embedded + r.embedded,
+        ..Default::default()
     }))
 }
 
@@ -103,14 +104,15 @@ pub async fn update_signals(
         let mut c = client.clone();
         async move {
             let first = signals.first().map(|s| s.id.clone()).unwrap_or_default();
-            let r = c.update_signals(pb::UpdateSignalsRequest { signals }).await.map_err(|s| {
-                let hint = if s.code() == tonic::Code::Unimplemented {
-                    " (this router predates UpdateSignals; rebuild it)"
-                } else {
-                    ""
-                };
-                anyhow::Error::new(s).context(format!("UpdateSignals (batch starting at item {first:?}){hint}"))
-            })?;
+            let r =
+                c.update_signals(pb::UpdateSignalsRequest { signals, ..Default::default() }).await.map_err(|s| {
+                    let hint = if s.code() == tonic::Code::Unimplemented {
+                        " (this router predates UpdateSignals; rebuild it)"
+                    } else {
+                        ""
+                    };
+                    anyhow::Error::new(s).context(format!("UpdateSignals (batch starting at item {first:?}){hint}"))
+                })?;
             Ok(u64::from(r.into_inner().updated))
         }
     })

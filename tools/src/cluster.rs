@@ -13,18 +13,26 @@ use vitrine_proto::pb;
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     pub shards: u32,
-    /// Router port; shard i listens on port + 10 + i.
+    /// Copies of each shard: shard process p holds replica p % replicas of
+    /// shard p / replicas, with the other replicas of its shard as peers.
+    pub replicas: u32,
+    /// Router port; shard process p listens on port + 10 + p.
     pub port: u16,
     pub data_dir: PathBuf,
     pub model_dir: PathBuf,
     pub ort_lib: PathBuf,
     /// Where `vitrine-shard` and `vitrine-router` are (default: next to this binary).
     pub bin_dir: PathBuf,
-    /// Prometheus metrics: the router on this port, shard i on port + 1 + i.
+    /// Prometheus metrics: the router on this port, shard process p on port + 1 + p.
     pub metrics_port: Option<u16>,
 }
 
 impl ClusterOptions {
+    /// Shard processes: every replica of every shard.
+    fn processes(&self) -> u32 {
+        self.shards * self.replicas.max(1)
+    }
+
     /// The metrics port of shard `i`, or of the router for `None`.
     fn metrics_port(&self, shard: Option<u32>) -> Option<u16> {
         self.metrics_port.map(|p| (p as u32 + shard.map_or(0, |i| 1 + i)) as u16)
@@ -60,8 +68,9 @@ impl LocalCluster {
     pub async fn start(o: &ClusterOptions) -> anyhow::Result<Self> {
         // A cluster already running on these ports would answer our readiness
         // probe while our own processes die on bind: refuse up front.
-        let grpc_ports = std::iter::once(o.port).chain((0..o.shards).map(|i| (o.port as u32 + 10 + i) as u16));
-        let metrics_ports = std::iter::once(None).chain((0..o.shards).map(Some)).filter_map(|s| o.metrics_port(s));
+        let n = o.processes();
+        let grpc_ports = std::iter::once(o.port).chain((0..n).map(|i| (o.port as u32 + 10 + i) as u16));
+        let metrics_ports = std::iter::once(None).chain((0..n).map(Some)).filter_map(|s| o.metrics_port(s));
         for port in grpc_ports.chain(metrics_ports) {
             std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| {
                 format!("port {port} is in use (another cluster running?); choose another with --port")
@@ -71,14 +80,18 @@ impl LocalCluster {
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
         let mut children = Vec::new();
         let mut shard_addrs = Vec::new();
-        for i in 0..o.shards {
-            let addr = format!("127.0.0.1:{}", o.port as u32 + 10 + i);
+        let r = o.replicas.max(1);
+        let addr_of = |p: u32| format!("127.0.0.1:{}", o.port as u32 + 10 + p);
+        for i in 0..n {
+            let addr = addr_of(i);
             let log = logs.join(format!("shard-{i}.log"));
             let mut args = vec![
                 "--listen".into(),
                 addr.clone(),
                 "--shard-id".into(),
-                i.to_string(),
+                (i / r).to_string(),
+                "--replica".into(),
+                (i % r).to_string(),
                 "--data-dir".into(),
                 o.data_dir.join(format!("shard-{i}")).display().to_string(),
                 "--model-dir".into(),
@@ -86,6 +99,10 @@ impl LocalCluster {
                 "--ort-lib".into(),
                 o.ort_lib.display().to_string(),
             ];
+            let group = (i / r) * r;
+            for peer in (group..group + r).filter(|&p| p != i) {
+                args.extend(["--peer".into(), addr_of(peer)]);
+            }
             if let Some(port) = o.metrics_port(Some(i)) {
                 args.extend(["--metrics-addr".into(), format!("127.0.0.1:{port}")]);
             }
@@ -94,7 +111,7 @@ impl LocalCluster {
         }
         let router_addr = format!("127.0.0.1:{}", o.port);
         let log = logs.join("router.log");
-        let mut args = vec!["--listen".to_string(), router_addr.clone()];
+        let mut args = vec!["--listen".to_string(), router_addr.clone(), "--replicas".into(), r.to_string()];
         for a in &shard_addrs {
             args.push("--shard".into());
             args.push(a.clone());
@@ -104,7 +121,7 @@ impl LocalCluster {
         }
         children.push(("router".into(), spawn(&o.bin_dir.join("vitrine-router"), &args, &log)?, log));
         let mut cluster = Self { children, router_addr };
-        cluster.wait_ready(o.shards, Duration::from_secs(180)).await?;
+        cluster.wait_ready(n, Duration::from_secs(180)).await?;
         Ok(cluster)
     }
 

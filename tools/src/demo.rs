@@ -83,7 +83,7 @@ pub async fn show(client: &mut Client) -> anyhow::Result<()> {
         .iter()
         .map(|(id, t)| pb::Event { user_id: user.into(), item_id: (*id).into(), r#type: *t as i32, timestamp_ms: 0 })
         .collect();
-    client.record_events(pb::RecordEventsRequest { events }).await?;
+    client.record_events(pb::RecordEventsRequest { events, ..Default::default() }).await?;
     let names = client
         .get_items(pb::GetItemsRequest {
             ids: history.iter().map(|(id, _)| (*id).to_string()).collect(),

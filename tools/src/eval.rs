@@ -377,6 +377,7 @@ pub async fn run(o: &EvalOptions) -> anyhow::Result<Report> {
                 .context("creating a temporary data directory for the cluster")?;
             let opts = ClusterOptions {
                 shards: spec.shards,
+                replicas: 1,
                 port: spec.port,
                 data_dir: dir.path().to_path_buf(),
                 model_dir: spec.model_dir.clone(),

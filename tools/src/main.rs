@@ -245,7 +245,10 @@ enum Cmd {
         /// Number of shards.
         #[arg(long, default_value_t = 2)]
         shards: u32,
-        /// Router port; shard i listens on port + 10 + i.
+        /// Copies of each shard (docs/RELIABILITY.md, Replication).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+        replicas: u32,
+        /// Router port; shard process p listens on port + 10 + p.
         #[arg(long, default_value_t = 50051)]
         port: u16,
         /// Data directory (WALs and logs).
@@ -263,8 +266,8 @@ enum Cmd {
         /// Stop the cluster after the demo instead of staying up.
         #[arg(long)]
         exit_after_demo: bool,
-        /// Serve Prometheus metrics: the router's on this port, shard i's on
-        /// port + 1 + i (all on 127.0.0.1, at /metrics).
+        /// Serve Prometheus metrics: the router's on this port, shard process
+        /// p's on port + 1 + p (all on 127.0.0.1, at /metrics).
         #[arg(long)]
         metrics_port: Option<u16>,
     },
@@ -405,7 +408,7 @@ pub async fn upload(
     let mut batches = Vec::new();
     let mut it = items.into_iter().peekable();
     while it.peek().is_some() {
-        batches.push(pb::UpsertItemsRequest { items: it.by_ref().take(batch.max(1)).collect() });
+        batches.push(pb::UpsertItemsRequest { items: it.by_ref().take(batch.max(1)).collect(), ..Default::default() });
     }
     let resp = client.upsert_items_stream(tokio_stream::iter(batches)).await.context("upserting")?;
     Ok(resp.into_inner())
@@ -433,10 +436,24 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Cmd::Cluster { shards, port, data_dir, model_dir, ort_lib, no_demo, exit_after_demo, metrics_port } => {
+        Cmd::Cluster {
+            shards,
+            replicas,
+            port,
+            data_dir,
+            model_dir,
+            ort_lib,
+            no_demo,
+            exit_after_demo,
+            metrics_port,
+        } => {
             let bin_dir = bin_dir()?;
-            let opts = cluster::ClusterOptions { shards, port, data_dir, model_dir, ort_lib, bin_dir, metrics_port };
-            println!("starting a router and {shards} shards (logs in {}) ...", opts.data_dir.join("logs").display());
+            let opts =
+                cluster::ClusterOptions { shards, replicas, port, data_dir, model_dir, ort_lib, bin_dir, metrics_port };
+            println!(
+                "starting a router and {shards} shards x {replicas} replicas (logs in {}) ...",
+                opts.data_dir.join("logs").display()
+            );
             let cluster = cluster::LocalCluster::start(&opts).await?;
             let addr = format!("http://{}", cluster.router_addr);
             let result = async {
@@ -547,6 +564,7 @@ async fn main() -> anyhow::Result<()> {
             let r = client
                 .record_events(pb::RecordEventsRequest {
                     events: vec![pb::Event { user_id: user, item_id: item, r#type: t as i32, timestamp_ms: 0 }],
+                    ..Default::default()
                 })
                 .await?;
             println!("recorded {}", r.get_ref().recorded);

@@ -73,9 +73,11 @@ pub fn info_table(r: &pb::ClusterInfoResponse) -> String {
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header([
         "shard",
+        "replica",
         "address",
         "state",
         "items",
+        "deleted ids",
         "tombstones",
         "users",
         "vshards",
@@ -91,9 +93,11 @@ pub fn info_table(r: &pb::ClusterInfoResponse) -> String {
             .unwrap_or_default();
         t.add_row(vec![
             s.shard.to_string(),
+            s.replica.to_string(),
             s.address.clone(),
             state,
             s.items.to_string(),
+            s.deleted_ids.to_string(),
             s.tombstones.to_string(),
             s.users.to_string(),
             s.virtual_shards.to_string(),
@@ -111,10 +115,11 @@ pub fn info_table(r: &pb::ClusterInfoResponse) -> String {
 pub fn snapshot_table(r: &pb::CreateSnapshotResponse) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(["shard", "seq", "items", "users", "bytes", "ms", "error"]);
+    t.set_header(["shard", "replica", "seq", "items", "users", "bytes", "ms", "error"]);
     for s in &r.shards {
         t.add_row(vec![
             s.shard.to_string(),
+            s.replica.to_string(),
             s.seq.to_string(),
             s.items.to_string(),
             s.users.to_string(),

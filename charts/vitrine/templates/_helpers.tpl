@@ -68,14 +68,24 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
 {{/*
+The address of shard pod <ordinal> (a number, or "{index}" for the shards'
+peer template), resolved through the headless Service:
+<fullname>-shard-<ordinal>.<fullname>-shard.<ns>.svc.<domain>:<port>.
+*/}}
+{{- define "vitrine.shardAddr" -}}
+{{- $ := index . 0 -}}
+{{- $shard := include "vitrine.shardName" $ -}}
+{{- printf "%s-%v.%s.%s.svc.%s:%d" $shard (index . 1) $shard $.Release.Namespace $.Values.clusterDomain (int $.Values.shard.port) -}}
+{{- end -}}
+
+{{/*
 The router's shard list, one address per pod of the StatefulSet, in ordinal
-(= shard id) order: <fullname>-shard-<i>.<fullname>-shard.<ns>.svc.<domain>:<port>.
+order: each shard's replicas together (ordinal = shard x replicas + replica).
 */}}
 {{- define "vitrine.shardAddrs" -}}
-{{- $shard := include "vitrine.shardName" . -}}
 {{- $addrs := list -}}
-{{- range $i := until (int .Values.shard.count) -}}
-{{- $addrs = append $addrs (printf "%s-%d.%s.%s.svc.%s:%d" $shard $i $shard $.Release.Namespace $.Values.clusterDomain (int $.Values.shard.port)) -}}
+{{- range $i := until (int (mul .Values.shard.count .Values.shard.replicas)) -}}
+{{- $addrs = append $addrs (include "vitrine.shardAddr" (list $ $i)) -}}
 {{- end -}}
 {{- join "," $addrs -}}
 {{- end -}}

@@ -5,7 +5,7 @@ use vitrine_shard::{init_tracing, open, serve, shutdown_signal, ShardConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = ShardConfig::parse();
+    let config = ShardConfig::parse().placed()?;
     init_tracing(config.log_json);
     // Fault injection for the crash tests; does nothing unless FAILPOINTS is set.
     let _failpoints = fail::FailScenario::setup();

@@ -62,7 +62,7 @@ impl Vitrine for FakeRouter {
             }
             s.items.insert(it.id, it.title);
         }
-        Ok(Response::new(pb::UpsertItemsResponse { upserted: n, embedded: n }))
+        Ok(Response::new(pb::UpsertItemsResponse { upserted: n, embedded: n, ..Default::default() }))
     }
 
     async fn upsert_items_stream(
@@ -158,7 +158,7 @@ impl Vitrine for FakeRouter {
         for x in signals {
             s.signals.insert(x.id.clone(), x);
         }
-        Ok(Response::new(pb::UpdateSignalsResponse { updated: n }))
+        Ok(Response::new(pb::UpdateSignalsResponse { updated: n, ..Default::default() }))
     }
 
     async fn cluster_info(
