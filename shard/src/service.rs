@@ -186,8 +186,9 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
         .map_err(|e| Status::internal(format!("worker failed: {e}")))
 }
 
-/// Text fed to the model for an item: title, then description.
-fn item_text(item: &pb::Item) -> String {
+/// Text fed to the model for an item: title, then description. Public so
+/// that `vitrine embed` (tools/) embeds exactly what a shard would.
+pub fn item_text(item: &pb::Item) -> String {
     match (item.title.trim(), item.description.trim()) {
         (t, "") => t.to_string(),
         ("", d) => d.to_string(),

@@ -23,8 +23,9 @@ API_KEY = "write:test-key-0123456789abcdef"
 HEALTH_PORT = 8086
 
 
-def case_values(gpu: bool, count: int, tls: bool, metrics: bool) -> dict:
-    v: dict = {"shard": {"count": count, "gpu": {"enabled": gpu}}}
+def case_values(gpu: bool, topology: tuple[int, int], tls: bool, metrics: bool) -> dict:
+    count, replicas = topology
+    v: dict = {"shard": {"count": count, "replicas": replicas, "gpu": {"enabled": gpu}}}
     if tls:
         v["tls"] = {"enabled": True, "existingSecret": "vitrine-tls"}
         v["auth"] = {"enabled": True, "apiKeys": [API_KEY]}
@@ -35,15 +36,17 @@ def case_values(gpu: bool, count: int, tls: bool, metrics: bool) -> dict:
     return v
 
 
-MATRIX = list(itertools.product([False, True], [1, 3], [False, True], [False, True]))
-IDS = [f"gpu={int(g)}-shards={c}-tls={int(t)}-metrics={int(m)}" for g, c, t, m in MATRIX]
+# (shards, replicas per shard).
+TOPOLOGIES = [(1, 1), (3, 1), (2, 3)]
+MATRIX = list(itertools.product([False, True], TOPOLOGIES, [False, True], [False, True]))
+IDS = [f"gpu={int(g)}-shards={c}x{r}-tls={int(t)}-metrics={int(m)}" for g, (c, r), t, m in MATRIX]
 
 
 @pytest.fixture(scope="module", params=MATRIX, ids=IDS)
 def case(request):
-    gpu, count, tls, metrics = request.param
-    return {"gpu": gpu, "count": count, "tls": tls, "metrics": metrics,
-            "objs": chartlib.render(case_values(gpu, count, tls, metrics))}
+    gpu, (count, replicas), tls, metrics = request.param
+    return {"gpu": gpu, "count": count, "replicas": replicas, "tls": tls, "metrics": metrics,
+            "objs": chartlib.render(case_values(*request.param))}
 
 
 def router_deploy(objs, fullname: str = R):
@@ -93,7 +96,7 @@ def test_only_known_kinds(case):
 
 
 def test_shard_count_drives_statefulset_and_router(case):
-    n = case["count"]
+    n = case["count"] * case["replicas"]
     sts = shard_sts(case["objs"])
     assert sts["spec"]["replicas"] == n
     assert sts["spec"]["serviceName"] == f"{R}-shard"

@@ -1,5 +1,6 @@
 //! Catalogue files: one JSON object per line, flat attributes, the format of
-//! `demo/catalog.jsonl`.
+//! `demo/catalog.jsonl`. [`Record`] is also what the CSV, Parquet and npy
+//! readers of `vitrine load` produce (`load/source.rs`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -78,12 +79,6 @@ pub fn parse(text: &str, base: Option<&Path>) -> anyhow::Result<Vec<pb::Item>> {
             rec.into_item(base).with_context(|| format!("line {}", i + 1))
         })
         .collect()
-}
-
-/// Reads a catalogue file.
-pub fn read(path: &Path) -> anyhow::Result<Vec<pb::Item>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    parse(&text, path.parent()).with_context(|| format!("parsing {}", path.display()))
 }
 
 #[cfg(test)]

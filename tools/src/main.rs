@@ -5,7 +5,9 @@ mod bulk;
 mod catalog_file;
 mod cluster;
 mod demo;
+mod embed;
 mod eval;
+mod load;
 mod output;
 mod progress;
 mod signals;
@@ -271,13 +273,14 @@ enum Cmd {
         #[arg(long)]
         metrics_port: Option<u16>,
     },
-    /// Load items from a JSONL catalogue (see demo/README.md for the format).
-    Load {
-        file: PathBuf,
-        /// Items per upsert batch.
-        #[arg(long, default_value_t = 256)]
-        batch: usize,
-    },
+    /// Bulk-load a catalogue (JSONL, CSV/TSV, Parquet, or .npy vectors with
+    /// --ids): batched, concurrent, retried, resumable from a checkpoint.
+    /// Exit codes: 0 all loaded, 1 error, 2 some records skipped or failed,
+    /// 3 interrupted (run again to resume). See docs/OPERATIONS.md.
+    Load(load::LoadArgs),
+    /// Embed a catalogue offline with the shards' text model and write the
+    /// vectors as Parquet or .npy + .ids, for `vitrine load` elsewhere.
+    Embed(embed::EmbedArgs),
     /// Search by text.
     Search {
         text: String,
@@ -495,20 +498,13 @@ async fn main() -> anyhow::Result<()> {
             println!("stopping ...");
             cluster.stop().await;
         }
-        Cmd::Load { file, batch } => {
-            let items = catalog_file::read(&file)?;
-            let n = items.len();
-            let mut client = connect(&cli.addr).await?;
-            let started = std::time::Instant::now();
-            let r = upload(&mut client, items, batch).await?;
-            let secs = started.elapsed().as_secs_f64();
-            println!(
-                "loaded {} of {n} items ({} embedded) in {secs:.1} s ({:.0} items/s)",
-                r.upserted,
-                r.embedded,
-                r.upserted as f64 / secs
-            );
+        Cmd::Load(args) => {
+            let code = load::run(&cli.addr, cli.json, args).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
         }
+        Cmd::Embed(args) => tokio::task::spawn_blocking(move || embed::run(&args)).await??,
         Cmd::Search { text, k, filter } => {
             let mut client = connect(&cli.addr).await?;
             let r = client
