@@ -64,9 +64,9 @@ pub struct RouterConfig {
     /// Largest request accepted, in MiB.
     #[arg(long, env = "VITRINE_ROUTER_MAX_MESSAGE_MIB", default_value_t = 16)]
     pub max_message_mib: usize,
-    /// Log as JSON lines.
-    #[arg(long, env = "VITRINE_LOG_JSON")]
-    pub log_json: bool,
+    /// Logs and traces: JSON logs, OTLP export (docs/OPERATIONS.md, Tracing).
+    #[command(flatten)]
+    pub telemetry: vitrine_telemetry::TelemetryArgs,
     /// Default ranking of Recommend and SimilarItems (requests may override
     /// each weight; see docs/QUALITY.md for how the defaults were chosen).
     #[command(flatten)]

@@ -5,6 +5,12 @@
 //! ([`Shards::write`]), while a replica that missed one is marked *behind*,
 //! avoided by reads and asked to catch up from its peers. Also the search
 //! fan-out with coverage accounting.
+//!
+//! Every shard call goes through a replica's channel, wrapped in
+//! `vitrine-telemetry`'s client layer: calls carry the client's request id
+//! (`x-request-id`) and, with trace export on, the calling span as their
+//! remote parent (`traceparent`). Work that runs as a task of its own
+//! (writes to replicas) takes the span and the request id along.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,6 +22,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 use tracing::Instrument;
 use vitrine_proto::pb::{self, shard_client::ShardClient};
+use vitrine_telemetry::{request_id, Propagate};
 
 use crate::deadline::Deadline;
 use crate::merge::merge_top_k;
@@ -61,12 +68,16 @@ impl Consistency {
     }
 }
 
+/// A client of one shard replica: its channel, with request ids and trace
+/// context added to every call.
+pub type ShardConn = ShardClient<Propagate<Channel>>;
+
 /// One replica of a shard as the router sees it.
 pub struct Replica {
     pub shard: u32,
     pub replica: u32,
     pub address: String,
-    client: ShardClient<Channel>,
+    client: ShardConn,
     /// `vitrine_shard_call_duration_seconds{shard}` of this shard.
     call_seconds: prometheus::Histogram,
     /// Missed a write this router saw fail: reads avoid it until it caught up.
@@ -248,7 +259,7 @@ impl Shards {
                     endpoint =
                         endpoint.tls_config(tls.clone()).map_err(|e| anyhow::anyhow!("TLS to shard {addr:?}: {e}"))?;
                 }
-                let client = ShardClient::new(endpoint.connect_lazy())
+                let client = ShardClient::new(Propagate::new(endpoint.connect_lazy()))
                     .max_decoding_message_size(max_message_bytes)
                     .max_encoding_message_size(max_message_bytes);
                 let call_seconds = crate::metrics::get().shard_call_seconds.with_label_values(&[g.to_string()]);
@@ -307,7 +318,7 @@ impl Shards {
         &self,
         replica: &Replica,
         deadline: Deadline,
-        f: impl FnOnce(ShardClient<Channel>, Duration) -> Fut,
+        f: impl FnOnce(ShardConn, Duration) -> Fut,
     ) -> Result<T, Status>
     where
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -323,7 +334,7 @@ impl Shards {
         &self,
         shard: u32,
         deadline: Deadline,
-        f: impl Fn(ShardClient<Channel>, Duration) -> Fut,
+        f: impl Fn(ShardConn, Duration) -> Fut,
     ) -> Result<T, Status>
     where
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -337,7 +348,7 @@ impl Shards {
         &self,
         order: Vec<Arc<Replica>>,
         deadline: Deadline,
-        f: &impl Fn(ShardClient<Channel>, Duration) -> Fut,
+        f: &impl Fn(ShardConn, Duration) -> Fut,
     ) -> Result<T, Status>
     where
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -402,7 +413,7 @@ impl Shards {
     ) -> Result<Written<T>, Status>
     where
         T: Send + 'static,
-        F: Fn(ShardClient<Channel>, Duration) -> Fut + Send + Sync + 'static,
+        F: Fn(ShardConn, Duration) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>> + Send + 'static,
     {
         let group = self.groups.get(shard as usize).ok_or_else(|| Status::internal(format!("no shard {shard}")))?;
@@ -415,7 +426,7 @@ impl Shards {
         for r in &group.replicas {
             let (r, f, tx) = (Arc::clone(r), Arc::clone(&f), tx.clone());
             let span = tracing::Span::current();
-            tokio::spawn(
+            tokio::spawn(request_id::carry(
                 async move {
                     let result = timed(&r, budget, f(r.client.clone(), budget)).await;
                     if let Err(s) = &result {
@@ -429,7 +440,7 @@ impl Shards {
                     let _ = tx.send(result).await;
                 }
                 .instrument(span),
-            );
+            ));
         }
         drop(tx);
         let mut answer = None;
@@ -482,7 +493,7 @@ impl Shards {
     pub async fn gather<T, Fut>(
         &self,
         deadline: Deadline,
-        f: impl Fn(ShardClient<Channel>, Duration) -> Fut,
+        f: impl Fn(ShardConn, Duration) -> Fut,
     ) -> Result<Gathered<T>, Status>
     where
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -563,7 +574,7 @@ impl Shards {
         let start = self.next_embedder.fetch_add(1, Ordering::Relaxed);
         let order: Vec<Arc<Replica>> = (0..n).map(|i| Arc::clone(&all[(start + i) % n])).collect();
         let resp = self
-            .hedged(order, deadline, &|mut c: ShardClient<Channel>, budget| {
+            .hedged(order, deadline, &|mut c: ShardConn, budget| {
                 let mut r = Request::new(pb::EmbedRequest { input: Some(input.clone()) });
                 r.set_timeout(budget);
                 async move { c.embed(r).await }
@@ -602,7 +613,7 @@ where
 async fn call_replica<T, Fut>(
     replica: &Replica,
     budget: Duration,
-    f: impl FnOnce(ShardClient<Channel>, Duration) -> Fut,
+    f: impl FnOnce(ShardConn, Duration) -> Fut,
 ) -> Result<T, Status>
 where
     Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,

@@ -99,10 +99,11 @@ pub fn build(config: &RouterConfig) -> anyhow::Result<Arc<Router>> {
 }
 
 /// Serves the public API (plus grpc.health.v1 and reflection) until
-/// `shutdown`, and Prometheus metrics when `--metrics-addr` is set. With a
-/// certificate the API port speaks TLS only; with API keys every call but
-/// health and reflection needs one (`access`), and the key file is
-/// re-read while serving.
+/// `shutdown`, and Prometheus metrics when `--metrics-addr` is set. Each
+/// call of the API runs in an `rpc` span with its request id
+/// (`vitrine-telemetry`). With a certificate the API port speaks TLS only;
+/// with API keys every call but health and reflection needs one
+/// (`access`), and the key file is re-read while serving.
 pub async fn serve(
     config: &RouterConfig,
     router: Arc<Router>,
@@ -163,15 +164,18 @@ pub async fn serve(
         pb::vitrine_server::SERVICE_NAME,
         pb::methods::VITRINE,
     );
+    let spans = vitrine_telemetry::RpcSpanLayer::new(pb::vitrine_server::SERVICE_NAME, pb::methods::VITRINE);
     let mut server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(config.limits.max_concurrent_per_connection);
     if let Some(tls) = tls {
         server = server.tls_config(tls).context("TLS configuration")?;
     }
     server
-        // The first layer is the outermost: request metrics record the status
-        // code after `status` has corrected it, as the client receives it,
-        // refusals by `auth` included.
+        // The first layer is the outermost. Every call, refused ones
+        // included, gets its request id and `rpc` span; request metrics
+        // record the status code after `status` has corrected it, as the
+        // client receives it, refusals by `auth` included.
+        .layer(spans)
         .layer(requests)
         .layer(tower::util::MapResponseLayer::new(status::oversize_is_resource_exhausted))
         .layer(vitrine_security::AuthLayer::new(keys, access::required))

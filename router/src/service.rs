@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::join_all;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument;
 use vitrine_proto::{pb, validate, Filter, Limits};
 
 use crate::deadline::Deadline;
@@ -67,10 +66,6 @@ pub struct Router {
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-fn request_span(name: &'static str) -> tracing::Span {
-    tracing::info_span!("rpc", method = name, request_id = %uuid::Uuid::new_v4())
 }
 
 impl Router {
@@ -347,9 +342,8 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         let deadline = r.write_deadline(&request);
         let req = request.into_inner();
         let level = r.consistency(req.consistency)?;
-        let span = request_span("UpsertItems");
-        tracing::debug!(parent: &span, items = req.items.len(), ?level, "upsert");
-        Ok(Response::new(r.upsert_batch(deadline, req.items, level).instrument(span).await?))
+        tracing::debug!(items = req.items.len(), ?level, "upsert");
+        Ok(Response::new(r.upsert_batch(deadline, req.items, level).await?))
     }
 
     async fn upsert_items_stream(
@@ -359,45 +353,38 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         let r = &self.router;
         let deadline = r.write_deadline(&request);
         let mut stream = request.into_inner();
-        let span = request_span("UpsertItemsStream");
-        async move {
-            let mut total = pb::UpsertItemsResponse::default();
-            let mut batches = 0u32;
-            let mut level = None;
-            while let Some(msg) = stream.next().await {
-                let fail = |s: Status, total: &pb::UpsertItemsResponse| {
-                    Status::new(
-                        s.code(),
-                        format!(
-                            "batch {} failed after {} items were acknowledged: {}",
-                            batches + 1,
-                            total.upserted,
-                            s.message()
-                        ),
-                    )
-                };
-                let batch = msg.map_err(|s| fail(s, &total))?;
-                // The first message's level holds for the whole stream.
-                let level = match level {
-                    Some(l) => l,
-                    None => *level.insert(r.consistency(batch.consistency)?),
-                };
-                let resp = r.upsert_batch(deadline, batch.items, level).await.map_err(|s| fail(s, &total))?;
-                total.upserted += resp.upserted;
-                total.embedded += resp.embedded;
-                total.replication = match (total.replication.take(), resp.replication) {
-                    (Some(a), Some(b)) => {
-                        Some(pb::Replication { acknowledged: a.acknowledged.min(b.acknowledged), ..a })
-                    }
-                    (a, b) => a.or(b),
-                };
-                batches += 1;
-            }
-            tracing::info!(batches, items = total.upserted, "stream upsert done");
-            Ok(Response::new(total))
+        let mut total = pb::UpsertItemsResponse::default();
+        let mut batches = 0u32;
+        let mut level = None;
+        while let Some(msg) = stream.next().await {
+            let fail = |s: Status, total: &pb::UpsertItemsResponse| {
+                Status::new(
+                    s.code(),
+                    format!(
+                        "batch {} failed after {} items were acknowledged: {}",
+                        batches + 1,
+                        total.upserted,
+                        s.message()
+                    ),
+                )
+            };
+            let batch = msg.map_err(|s| fail(s, &total))?;
+            // The first message's level holds for the whole stream.
+            let level = match level {
+                Some(l) => l,
+                None => *level.insert(r.consistency(batch.consistency)?),
+            };
+            let resp = r.upsert_batch(deadline, batch.items, level).await.map_err(|s| fail(s, &total))?;
+            total.upserted += resp.upserted;
+            total.embedded += resp.embedded;
+            total.replication = match (total.replication.take(), resp.replication) {
+                (Some(a), Some(b)) => Some(pb::Replication { acknowledged: a.acknowledged.min(b.acknowledged), ..a }),
+                (a, b) => a.or(b),
+            };
+            batches += 1;
         }
-        .instrument(span)
-        .await
+        tracing::info!(batches, items = total.upserted, "stream upsert done");
+        Ok(Response::new(total))
     }
 
     async fn delete_items(
@@ -425,7 +412,6 @@ impl pb::vitrine_server::Vitrine for VitrineService {
                     })
                     .await
             })
-            .instrument(request_span("DeleteItems"))
             .await?;
         Ok(Response::new(pb::DeleteItemsResponse {
             deleted: results.iter().map(|r| r.deleted).sum(),
@@ -438,8 +424,7 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         let deadline = r.read_deadline(&request);
         let req = request.into_inner();
         validate::ids("item id", &req.ids, &r.settings.limits)?;
-        let (mut found, errors) =
-            r.fetch_items(deadline, req.ids.clone(), req.with_vectors).instrument(request_span("GetItems")).await;
+        let (mut found, errors) = r.fetch_items(deadline, req.ids.clone(), req.with_vectors).await;
         if let Some(e) = errors.into_iter().next() {
             return Err(Status::unavailable(format!("cannot read every requested item: {}", e.message())));
         }
@@ -462,24 +447,19 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         let r = &self.router;
         let deadline = r.read_deadline(&request);
         let req = request.into_inner();
-        let span = request_span("Search");
-        async move {
-            let k = validate::k(req.k, &r.settings.limits)?;
-            validate_filter(req.filter.as_ref())?;
-            let vector = r.query_vector(deadline, req.query).await?;
-            let shard_req = pb::ShardSearchRequest {
-                vector: Some(pb::Vector { values: vector }),
-                k: k as u32,
-                filter: req.filter,
-                exclude_ids: Vec::new(),
-                with_items: req.with_items,
-                ..Default::default()
-            };
-            let (hits, coverage) = r.shards.search(deadline, shard_req, k).await?;
-            Ok(Response::new(pb::SearchResponse { hits, coverage: Some(coverage) }))
-        }
-        .instrument(span)
-        .await
+        let k = validate::k(req.k, &r.settings.limits)?;
+        validate_filter(req.filter.as_ref())?;
+        let vector = r.query_vector(deadline, req.query).await?;
+        let shard_req = pb::ShardSearchRequest {
+            vector: Some(pb::Vector { values: vector }),
+            k: k as u32,
+            filter: req.filter,
+            exclude_ids: Vec::new(),
+            with_items: req.with_items,
+            ..Default::default()
+        };
+        let (hits, coverage) = r.shards.search(deadline, shard_req, k).await?;
+        Ok(Response::new(pb::SearchResponse { hits, coverage: Some(coverage) }))
     }
 
     async fn similar_items(
@@ -489,136 +469,126 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         let r = &self.router;
         let deadline = r.read_deadline(&request);
         let req = request.into_inner();
-        let span = request_span("SimilarItems");
-        async move {
-            validate::id("item id", &req.id, &r.settings.limits)?;
-            let k = validate::k(req.k, &r.settings.limits)?;
-            validate_filter(req.filter.as_ref())?;
-            let settings = r.rank_settings(req.ranking.as_ref())?;
-            let rules = compile_rules(&req.rules)?;
-            // The item acts as a one-item history: its content neighbours and
-            // its behavioural neighbours are the candidates.
-            let q = RankQuery {
-                user: String::new(),
-                events: vec![(req.id.clone(), pb::EventType::Purchase)],
-                positive: Vec::new(),
-                negative: Vec::new(),
-                exclude: HashSet::from([req.id.clone()]),
-                filter: req.filter,
-                k,
-                with_items: req.with_items,
-                explain: req.explain,
-                settings,
-                rules,
-                candidate_ids: Vec::new(),
-            };
-            let history = r.load_history(deadline, &q).await;
-            if history.degraded && !history.items.contains_key(&req.id) {
-                return Err(Status::unavailable(format!("the shard holding item {:?} is unavailable", req.id)));
-            }
-            if !history.items.contains_key(&req.id) {
-                return Err(Status::not_found(format!("item {:?} does not exist", req.id)));
-            }
-            Ok(Response::new(r.rank(deadline, q, history).await?))
+        validate::id("item id", &req.id, &r.settings.limits)?;
+        let k = validate::k(req.k, &r.settings.limits)?;
+        validate_filter(req.filter.as_ref())?;
+        let settings = r.rank_settings(req.ranking.as_ref())?;
+        let rules = compile_rules(&req.rules)?;
+        // The item acts as a one-item history: its content neighbours and
+        // its behavioural neighbours are the candidates.
+        let q = RankQuery {
+            user: String::new(),
+            events: vec![(req.id.clone(), pb::EventType::Purchase)],
+            positive: Vec::new(),
+            negative: Vec::new(),
+            exclude: HashSet::from([req.id.clone()]),
+            filter: req.filter,
+            k,
+            with_items: req.with_items,
+            explain: req.explain,
+            settings,
+            rules,
+            candidate_ids: Vec::new(),
+        };
+        let history = r.load_history(deadline, &q).await;
+        if history.degraded && !history.items.contains_key(&req.id) {
+            return Err(Status::unavailable(format!("the shard holding item {:?} is unavailable", req.id)));
         }
-        .instrument(span)
-        .await
+        if !history.items.contains_key(&req.id) {
+            return Err(Status::not_found(format!("item {:?} does not exist", req.id)));
+        }
+        Ok(Response::new(r.rank(deadline, q, history).await?))
     }
 
     async fn recommend(&self, request: Request<pb::RecommendRequest>) -> Result<Response<pb::SearchResponse>, Status> {
         let r = &self.router;
         let deadline = r.read_deadline(&request);
         let req = request.into_inner();
-        let span = request_span("Recommend");
-        async move {
-            let limits = &r.settings.limits;
-            let k = validate::k(req.k, limits)?;
-            validate_filter(req.filter.as_ref())?;
-            let settings = r.rank_settings(req.ranking.as_ref())?;
-            let rules = compile_rules(&req.rules)?;
-            if req.user_id.is_empty() && req.history.is_empty() && req.positive.is_empty() {
-                return Err(Status::invalid_argument("recommend needs a user_id, a history or positive examples"));
-            }
-            if !req.user_id.is_empty() {
-                validate::id("user id", &req.user_id, limits)?;
-            }
-            for (what, list) in [
-                ("history", &req.history),
-                ("positive", &req.positive),
-                ("negative", &req.negative),
-                ("candidate_ids", &req.candidate_ids),
-            ] {
-                if list.len() > limits.max_history {
-                    return Err(Status::invalid_argument(format!(
-                        "{what} has {} items; the limit is {}",
-                        list.len(),
-                        limits.max_history
-                    )));
-                }
-                validate::ids(&format!("{what} item id"), list, limits)?;
-            }
-
-            let mut degraded = false;
-            // The user's recorded events, from the shard that owns the user.
-            let mut events: Vec<(String, pb::EventType)> = Vec::new();
-            if !req.user_id.is_empty() {
-                let owner = r.topology.shard_of(&req.user_id);
-                let user_id = req.user_id.clone();
-                match r
-                    .shards
-                    .call(owner, deadline, |mut c, budget| {
-                        let mut q = Request::new(pb::GetProfileRequest { user_id: user_id.clone() });
-                        q.set_timeout(budget);
-                        async move { c.get_profile(q).await }
-                    })
-                    .await
-                {
-                    Ok(profile) => events.extend(profile.events.into_iter().map(|e| {
-                        let t = pb::EventType::try_from(e.r#type).unwrap_or(pb::EventType::View);
-                        (e.item_id, t)
-                    })),
-                    Err(s) if req.history.is_empty() && req.positive.is_empty() => {
-                        return Err(Status::unavailable(format!(
-                            "the profile of user {:?} is unavailable: {}",
-                            req.user_id,
-                            s.message()
-                        )))
-                    }
-                    Err(s) => {
-                        tracing::warn!(error = s.message(), "profile unavailable; using the explicit history only");
-                        degraded = true;
-                    }
-                }
-            }
-            events.extend(req.history.iter().map(|id| (id.clone(), pb::EventType::View)));
-
-            let mut exclude: HashSet<String> = req.positive.iter().chain(req.negative.iter()).cloned().collect();
-            if !req.include_seen {
-                exclude.extend(events.iter().map(|(id, _)| id.clone()));
-            }
-            let q = RankQuery {
-                user: req.user_id,
-                events,
-                positive: req.positive,
-                negative: req.negative,
-                exclude,
-                filter: req.filter,
-                k,
-                with_items: req.with_items,
-                explain: req.explain,
-                settings,
-                rules,
-                candidate_ids: req.candidate_ids,
-            };
-            let history = r.load_history(deadline, &q).await;
-            let mut resp = r.rank(deadline, q, history).await?;
-            if let Some(c) = resp.coverage.as_mut() {
-                c.degraded |= degraded;
-            }
-            Ok(Response::new(resp))
+        let limits = &r.settings.limits;
+        let k = validate::k(req.k, limits)?;
+        validate_filter(req.filter.as_ref())?;
+        let settings = r.rank_settings(req.ranking.as_ref())?;
+        let rules = compile_rules(&req.rules)?;
+        if req.user_id.is_empty() && req.history.is_empty() && req.positive.is_empty() {
+            return Err(Status::invalid_argument("recommend needs a user_id, a history or positive examples"));
         }
-        .instrument(span)
-        .await
+        if !req.user_id.is_empty() {
+            validate::id("user id", &req.user_id, limits)?;
+        }
+        for (what, list) in [
+            ("history", &req.history),
+            ("positive", &req.positive),
+            ("negative", &req.negative),
+            ("candidate_ids", &req.candidate_ids),
+        ] {
+            if list.len() > limits.max_history {
+                return Err(Status::invalid_argument(format!(
+                    "{what} has {} items; the limit is {}",
+                    list.len(),
+                    limits.max_history
+                )));
+            }
+            validate::ids(&format!("{what} item id"), list, limits)?;
+        }
+
+        let mut degraded = false;
+        // The user's recorded events, from the shard that owns the user.
+        let mut events: Vec<(String, pb::EventType)> = Vec::new();
+        if !req.user_id.is_empty() {
+            let owner = r.topology.shard_of(&req.user_id);
+            let user_id = req.user_id.clone();
+            match r
+                .shards
+                .call(owner, deadline, |mut c, budget| {
+                    let mut q = Request::new(pb::GetProfileRequest { user_id: user_id.clone() });
+                    q.set_timeout(budget);
+                    async move { c.get_profile(q).await }
+                })
+                .await
+            {
+                Ok(profile) => events.extend(profile.events.into_iter().map(|e| {
+                    let t = pb::EventType::try_from(e.r#type).unwrap_or(pb::EventType::View);
+                    (e.item_id, t)
+                })),
+                Err(s) if req.history.is_empty() && req.positive.is_empty() => {
+                    return Err(Status::unavailable(format!(
+                        "the profile of user {:?} is unavailable: {}",
+                        req.user_id,
+                        s.message()
+                    )))
+                }
+                Err(s) => {
+                    tracing::warn!(error = s.message(), "profile unavailable; using the explicit history only");
+                    degraded = true;
+                }
+            }
+        }
+        events.extend(req.history.iter().map(|id| (id.clone(), pb::EventType::View)));
+
+        let mut exclude: HashSet<String> = req.positive.iter().chain(req.negative.iter()).cloned().collect();
+        if !req.include_seen {
+            exclude.extend(events.iter().map(|(id, _)| id.clone()));
+        }
+        let q = RankQuery {
+            user: req.user_id,
+            events,
+            positive: req.positive,
+            negative: req.negative,
+            exclude,
+            filter: req.filter,
+            k,
+            with_items: req.with_items,
+            explain: req.explain,
+            settings,
+            rules,
+            candidate_ids: req.candidate_ids,
+        };
+        let history = r.load_history(deadline, &q).await;
+        let mut resp = r.rank(deadline, q, history).await?;
+        if let Some(c) = resp.coverage.as_mut() {
+            c.degraded |= degraded;
+        }
+        Ok(Response::new(resp))
     }
 
     async fn update_signals(
@@ -650,7 +620,6 @@ impl pb::vitrine_server::Vitrine for VitrineService {
                     })
                     .await
             })
-            .instrument(request_span("UpdateSignals"))
             .await?;
         Ok(Response::new(pb::UpdateSignalsResponse {
             updated: results.iter().map(|r| r.updated).sum(),
@@ -700,7 +669,6 @@ impl pb::vitrine_server::Vitrine for VitrineService {
                     })
                     .await
             })
-            .instrument(request_span("RecordEvents"))
             .await?;
         Ok(Response::new(pb::RecordEventsResponse {
             recorded: results.iter().map(|r| r.recorded).sum(),
@@ -714,7 +682,7 @@ impl pb::vitrine_server::Vitrine for VitrineService {
     ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
         let r = &self.router;
         let deadline = r.read_deadline(&request);
-        let infos = r.shard_infos(deadline).instrument(request_span("ClusterInfo")).await;
+        let infos = r.shard_infos(deadline).await;
         let load = r.topology.load();
         let mut shards = Vec::with_capacity(infos.len());
         for (replica, info) in r.shards.all_replicas().zip(infos) {
@@ -754,7 +722,7 @@ impl pb::vitrine_server::Vitrine for VitrineService {
                 async move { c.snapshot(req).await }
             })
         });
-        let results = join_all(calls).instrument(request_span("CreateSnapshot")).await;
+        let results = join_all(calls).await;
         if results.is_empty() {
             return Err(Status::failed_precondition("the router has no shards"));
         }

@@ -133,9 +133,9 @@ pub struct ShardConfig {
     /// Largest gRPC message accepted, in MiB (bulk upserts carry many items).
     #[arg(long, env = "VITRINE_SHARD_MAX_MESSAGE_MIB", default_value_t = 64)]
     pub max_message_mib: usize,
-    /// Log as JSON lines.
-    #[arg(long, env = "VITRINE_LOG_JSON")]
-    pub log_json: bool,
+    /// Logs and traces: JSON logs, OTLP export (docs/OPERATIONS.md, Tracing).
+    #[command(flatten)]
+    pub telemetry: vitrine_telemetry::TelemetryArgs,
     /// PEM certificate chain presented to the router; with --tls-key the
     /// shard serves TLS only. (The chart sets these variables for both
     /// workloads, hence no `VITRINE_SHARD_` prefix.)

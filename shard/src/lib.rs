@@ -358,11 +358,15 @@ pub async fn serve(
         pb::shard_server::SERVICE_NAME,
         pb::methods::SHARD,
     );
+    // Outermost: each call runs in its `rpc` span (a child of the router's
+    // when trace export is on) with the router's request id.
+    let spans = vitrine_telemetry::RpcSpanLayer::new(pb::shard_server::SERVICE_NAME, pb::methods::SHARD);
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls).context("TLS configuration")?;
     }
     server
+        .layer(spans)
         .layer(requests)
         .add_service(health)
         .add_service(svc)
@@ -392,16 +396,4 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-}
-
-/// Sets up logging for the binaries: `RUST_LOG` filters, JSON on request.
-pub fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hnsw_rs=warn,ort=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

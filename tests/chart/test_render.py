@@ -297,6 +297,8 @@ def test_configmap_carries_settings(default_objs):
     assert cm["VITRINE_SHARD_FSYNC"] == "group"
     assert cm["VITRINE_LOG_JSON"] == "true"
     assert cm["VITRINE_SHARD_SNAPSHOTS_KEEP"] == "2"
+    # No collector configured: no trace export, not even an empty variable.
+    assert not any(k.startswith("VITRINE_OTLP_") for k in cm)
     objs = chartlib.render({"shard": {"fsync": "always", "fsyncGroupMs": 5, "snapshotWalBytes": 0, "drainMs": 0},
                             "router": {"minCoverage": 0.75},
                             "extraConfig": {"VITRINE_SHARD_HNSW_EF_SEARCH": 128}})
@@ -307,6 +309,11 @@ def test_configmap_carries_settings(default_objs):
     assert cm2["VITRINE_SHARD_DRAIN_MS"] == "0"
     assert cm2["VITRINE_ROUTER_MIN_COVERAGE"] == "0.75"
     assert cm2["VITRINE_SHARD_HNSW_EF_SEARCH"] == "128"
+    # Tracing, when a collector is named, for both workloads (envFrom).
+    traced = one(chartlib.render({"tracing": {"otlpEndpoint": "http://otel-collector.obs:4317", "sampleRatio": 0.25}}),
+                 "ConfigMap", f"{R}-config")["data"]
+    assert traced["VITRINE_OTLP_ENDPOINT"] == "http://otel-collector.obs:4317"
+    assert traced["VITRINE_OTLP_SAMPLE_RATIO"] == "0.25"
     # A config change rolls the pods.
     ann = lambda objs, w: w(objs)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]  # noqa: E731
     assert ann(default_objs, router_deploy) != ann(objs, router_deploy)

@@ -141,6 +141,9 @@ BAD_VALUES = [
     {"tls": {"healthPort": 0}},
     {"tls": {"mutual": "yes"}},
     {"extraConfig": {"NOT VALID": "x"}},
+    {"tracing": {"otlpEndpoint": "otel-collector:4317"}},
+    {"tracing": {"otlpEndpoint": "https://otel-collector:4317"}},
+    {"tracing": {"sampleRatio": 2}},
     {"unknownTopLevel": True},
 ]
 

@@ -6,22 +6,14 @@ use vitrine_router::{build, serve, RouterConfig};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = RouterConfig::parse();
-    init_tracing(config.log_json);
+    let t = &config.telemetry;
+    let telemetry = vitrine_telemetry::init("vitrine-router", t.log_json, t.otlp())?;
     let router = build(&config)?;
     serve(&config, router, shutdown_signal()).await?;
     tracing::info!("router stopped");
+    // Sends the spans still queued (an error exit drops the guard, which does the same).
+    telemetry.shutdown();
     Ok(())
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 async fn shutdown_signal() {
