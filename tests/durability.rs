@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
-use vitrine_integration_tests::{connect, Cluster, Options};
+use vitrine_integration_tests::{connect, vitrine_cli, Cluster, Options};
 use vitrine_proto::pb::{self, shard_client::ShardClient, vitrine_client::VitrineClient};
 use vitrine_router::topology::Topology;
 
@@ -575,4 +575,121 @@ async fn a_full_disk_refuses_writes_and_recovers_when_space_returns() {
     assert_eq!(copy.failed_writes, 0, "writes after space returned were all acknowledged");
     let checks = verify(&cluster, &copy, 1).await;
     assert!(checks > 100, "{checks}");
+}
+
+fn item(id: &str, title: &str, rng: &mut impl Rng) -> pb::Item {
+    pb::Item {
+        id: id.into(),
+        title: title.into(),
+        vector: Some(pb::Vector { values: unit(rng) }),
+        ..Default::default()
+    }
+}
+
+/// Ids among `ids` that the cluster has, and the titles it has for them.
+async fn present(url: &str, ids: &[String]) -> HashMap<String, String> {
+    let mut c = connect(url).await.unwrap();
+    let got = c.get_items(pb::GetItemsRequest { ids: ids.to_vec(), with_vectors: false }).await.unwrap().into_inner();
+    got.items.into_iter().map(|i| (i.id, i.title)).collect()
+}
+
+/// `vitrine snapshot list` shows what every shard keeps, and `vitrine
+/// snapshot restore` rolls stopped shards back to a snapshot: writes after
+/// it are gone, deletes after it undone, and a snapshot copied from a
+/// backup rebuilds a shard whose data directory was lost. A running shard's
+/// directory is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_listed_and_restore_a_point_in_time() {
+    let mut cluster = Cluster::start(Options::shards(2).vectors_only(DIM));
+    let url = cluster.url();
+    let mut c = connect(&url).await.unwrap();
+    let mut rng = StdRng::seed_from_u64(5);
+    let before: Vec<String> = (0..200).map(|i| format!("kept-{i}")).collect();
+    let items = before.iter().map(|id| item(id, "v1", &mut rng)).collect();
+    c.upsert_items(pb::UpsertItemsRequest { items, ..Default::default() }).await.unwrap();
+
+    let out = vitrine_cli(&["--addr", &url, "--json", "snapshot", "create"]);
+    assert!(out.status.success());
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seqs: Vec<u64> = created["shards"].as_array().unwrap().iter().map(|s| s["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs.len(), 2);
+
+    // After the snapshot: new items, an update, deletes.
+    let after: Vec<String> = (0..50).map(|i| format!("later-{i}")).collect();
+    let mut items: Vec<pb::Item> = after.iter().map(|id| item(id, "v1", &mut rng)).collect();
+    items.push(item(&before[0], "v2", &mut rng));
+    c.upsert_items(pb::UpsertItemsRequest { items, ..Default::default() }).await.unwrap();
+    c.delete_items(pb::DeleteItemsRequest { ids: before[100..120].to_vec(), ..Default::default() }).await.unwrap();
+    let out = vitrine_cli(&["--addr", &url, "--json", "snapshot", "create"]);
+    assert!(out.status.success());
+
+    // Listed through the router: both snapshots on both shards, newest first.
+    let out = vitrine_cli(&["--addr", &url, "--json", "snapshot", "list"]);
+    assert!(out.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (shard, want) in listed["shards"].as_array().unwrap().iter().zip(&seqs) {
+        let kept: Vec<u64> =
+            shard["snapshots"].as_array().unwrap().iter().map(|s| s["seq"].as_u64().unwrap()).collect();
+        assert_eq!(kept.len(), 2, "{shard}");
+        assert!(kept[0] > kept[1] && kept[1] == *want, "{kept:?}, first snapshot {want}");
+    }
+
+    // A running shard's directory is refused, and nothing changes.
+    let dir0 = cluster.shard_data_dir(0).display().to_string();
+    let out = vitrine_cli(&["snapshot", "restore", "--data-dir", &dir0, "--seq", &seqs[0].to_string()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by a running shard"));
+
+    // Stop both shards, keep a backup of shard 0's first snapshot, restore.
+    let backup = tempfile::tempdir().unwrap();
+    for i in 0..2 {
+        assert!(cluster.terminate_shard(i, Duration::from_secs(20)).is_some_and(|s| s.success()));
+    }
+    let snap0 = cluster.shard_data_dir(0).join("snapshots").join(format!("snapshot-{:020}", seqs[0]));
+    let copy = backup.path().join("shard-0");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["data.log", "manifest.json"] {
+        std::fs::copy(snap0.join(f), copy.join(f)).unwrap();
+    }
+    for (i, seq) in seqs.iter().enumerate() {
+        let dir = cluster.shard_data_dir(i).display().to_string();
+        let out = vitrine_cli(&["--json", "snapshot", "restore", "--data-dir", &dir, "--seq", &seq.to_string()]);
+        assert!(out.status.success(), "restore of shard {i}");
+    }
+    let out = vitrine_cli(&["snapshot", "list", "--data-dir", &dir0, "--verify"]);
+    assert!(out.status.success(), "the restored snapshot verifies");
+    for i in 0..2 {
+        cluster.restart_shard(i);
+    }
+    tokio::task::block_in_place(|| cluster.wait_serving(2));
+    let all: Vec<String> = before.iter().chain(&after).cloned().collect();
+    let got = present(&url, &all).await;
+    assert_eq!(got.len(), before.len(), "exactly the items of the snapshot");
+    assert!(before.iter().all(|id| got.contains_key(id)), "deletes after the snapshot are undone");
+    assert_eq!(got[&before[0]], "v1", "the update after the snapshot is undone");
+
+    // Shard 0 loses its directory; the backup copy rebuilds it.
+    let mut shard0_items: Vec<String> = Vec::new();
+    let topology = Topology::uniform(256, 2).unwrap();
+    for id in &before {
+        if topology.shard_of(id) == 0 {
+            shard0_items.push(id.clone());
+        }
+    }
+    assert!(cluster.terminate_shard(0, Duration::from_secs(20)).is_some_and(|s| s.success()));
+    std::fs::remove_dir_all(cluster.shard_data_dir(0)).unwrap();
+    let from = copy.display().to_string();
+    let out = vitrine_cli(&["snapshot", "restore", "--data-dir", &dir0, "--from", &from]);
+    assert!(out.status.success(), "restore from a backup copy");
+    cluster.restart_shard(0);
+    tokio::task::block_in_place(|| cluster.wait_serving(2));
+    let got = present(&url, &shard0_items).await;
+    assert_eq!(got.len(), shard0_items.len(), "shard 0 is back from the backup");
+
+    // Writes go on from the restored state.
+    c = connect(&url).await.unwrap();
+    c.upsert_items(pb::UpsertItemsRequest { items: vec![item("after-restore", "v1", &mut rng)], ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(present(&url, &["after-restore".to_string()]).await.len(), 1);
 }

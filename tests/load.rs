@@ -4,29 +4,13 @@
 //! Products are real ones from ../shared/data when it is present.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
 use arrow_array::builder::{ListBuilder, StringBuilder};
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray};
-use vitrine_integration_tests::{bin_dir, connect, models, products, Cluster, Options};
+use vitrine_integration_tests::{connect, models, products, vitrine_cli, Cluster, Options};
 use vitrine_proto::pb;
-
-fn vitrine(args: &[&str]) -> Output {
-    let bin = bin_dir().join("vitrine");
-    let out = Command::new(&bin)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}; run `cargo build --workspace --bins`", bin.display()));
-    eprintln!(
-        "$ vitrine {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn summary(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("a JSON summary on stdout")
@@ -122,7 +106,7 @@ fn bulk_load_resume_parquet_embed_and_dry_run() {
 
     // A dry run needs no cluster: the address is a closed port.
     write_csv(&d("cat.csv"), csv_items, true);
-    let out = vitrine(&["--addr", "http://127.0.0.1:1", "--json", "load", s(&d("cat.csv")), "--dry-run"]);
+    let out = vitrine_cli(&["--addr", "http://127.0.0.1:1", "--json", "load", s(&d("cat.csv")), "--dry-run"]);
     assert_eq!(out.status.code(), Some(2), "skipped rows make the exit code 2");
     let j = summary(&out);
     assert_eq!((j["loaded"].as_u64(), j["skipped"].as_u64(), j["failed"].as_u64()), (Some(600), Some(2), Some(0)));
@@ -137,36 +121,21 @@ fn bulk_load_resume_parquet_embed_and_dry_run() {
     // Interrupted after 250 records, then resumed.
     // The errors file is appended to on resume: the bad rows, read before
     // the interruption, stay listed.
-    let out = vitrine(&[
-        "--addr",
-        &url,
-        "--json",
-        "load",
-        s(&d("cat.csv")),
-        "--batch",
-        "50",
-        "--stop-after",
-        "250",
-        "--errors",
-        s(&d("errors.jsonl")),
-    ]);
+    let (csv_file, errors_file) = (d("cat.csv"), d("errors.jsonl"));
+    let csv_load = |extra: &[&str]| {
+        let mut args = vec!["--addr", &url, "--json", "load", s(&csv_file), "--batch", "50"];
+        args.extend_from_slice(&["--errors", s(&errors_file)]);
+        args.extend_from_slice(extra);
+        vitrine_cli(&args)
+    };
+    let out = csv_load(&["--stop-after", "250"]);
     assert_eq!(out.status.code(), Some(3), "an interrupted load exits 3");
     let ck: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d("cat.csv.vitrine-checkpoint")).expect("a checkpoint"))
             .expect("checkpoint JSON");
     let mark = ck["watermark"].as_u64().expect("watermark");
     assert!(mark > 0 && mark <= 250, "watermark {mark}");
-    let out = vitrine(&[
-        "--addr",
-        &url,
-        "--json",
-        "load",
-        s(&d("cat.csv")),
-        "--batch",
-        "50",
-        "--errors",
-        s(&d("errors.jsonl")),
-    ]);
+    let out = csv_load(&[]);
     assert_eq!(out.status.code(), Some(2), "two rows were skipped");
     let j = summary(&out);
     assert_eq!(j["resumed_after"].as_u64(), Some(mark));
@@ -177,7 +146,7 @@ fn bulk_load_resume_parquet_embed_and_dry_run() {
 
     // Parquet: text embedded by the shards, tags as a list column.
     write_parquet(&d("cat.parquet"), pq_items);
-    let out = vitrine(&["--addr", &url, "--json", "load", s(&d("cat.parquet"))]);
+    let out = vitrine_cli(&["--addr", &url, "--json", "load", s(&d("cat.parquet"))]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(summary(&out)["loaded"].as_u64(), Some(400));
 
@@ -187,7 +156,7 @@ fn bulk_load_resume_parquet_embed_and_dry_run() {
         csv_items[..emb_items.len()].iter().map(|i| pb::Item { id: format!("emb-{}", i.id), ..i.clone() }).collect();
     write_csv(&d("twins.csv"), &twins, false);
     let (model_dir, ort_lib) = models();
-    let out = vitrine(&[
+    let out = vitrine_cli(&[
         "embed",
         s(&d("twins.csv")),
         "--out",
@@ -200,7 +169,7 @@ fn bulk_load_resume_parquet_embed_and_dry_run() {
         s(&ort_lib),
     ]);
     assert!(out.status.success(), "embed failed");
-    let out = vitrine(&["--addr", &url, "--json", "load", s(&d("twins.npy")), "--ids", s(&d("twins.ids"))]);
+    let out = vitrine_cli(&["--addr", &url, "--json", "load", s(&d("twins.npy")), "--ids", s(&d("twins.ids"))]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(summary(&out)["loaded"].as_u64(), Some(twins.len() as u64));
 

@@ -1,8 +1,9 @@
 //! Personalised ranking through the public gRPC API on a real cluster
 //! (router + 2 shards, real products, real title embeddings): behavioural
-//! signals as a candidate source, popularity for cold users, business rules,
-//! MMR diversity, exploration with propensities, feedback learning,
-//! explanations, candidate re-ranking, and signals surviving a restart.
+//! signals as a candidate source, popularity and trending items for cold
+//! users, business rules, MMR diversity, exploration with propensities,
+//! feedback learning, explanations, candidate re-ranking, and signals and
+//! trending counts surviving a restart.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -83,7 +84,8 @@ async fn behavioural_neighbours_are_candidates_and_explained(ctx: &Ctx) -> Resul
     ensure!(hit.id == partner.id, "behavioural neighbour not first: {:?}", ids(&r));
     let e = hit.explanation.as_ref().context("no explanation")?;
     ensure!(e.source == "behaviour" && e.because_of == anchor.id, "explanation {e:?}");
-    ensure!((e.content + e.behaviour + e.popularity + e.freshness + e.rules + e.feedback - hit.score).abs() < 1e-4);
+    let sum = e.content + e.behaviour + e.popularity + e.freshness + e.rules + e.feedback + e.trending;
+    ensure!((sum - hit.score).abs() < 1e-4, "terms {e:?} do not add up to {}", hit.score);
     // Content hits are explained by the history item nearest to them.
     let content_hit = r.hits.iter().find(|h| h.explanation.as_ref().is_some_and(|e| e.source == "content"));
     let e = content_hit.and_then(|h| h.explanation.as_ref()).context("no content hit")?;
@@ -127,6 +129,94 @@ async fn cold_users_get_popular_items(ctx: &Ctx) -> Result<()> {
         .recommend(pb::RecommendRequest {
             user_id: "cold-user".into(),
             k: 3,
+            filter: Some(build::not(build::matches("category", &[&cat]))),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(!r.hits.is_empty() && r.hits.iter().all(|h| category(ctx, &h.id) != cat), "{:?}", ids(&r));
+    Ok(())
+}
+
+/// Items others bought, carted, clicked and viewed lately (`TRENDING_HOT`
+/// bought 20 times, `TRENDING_WARM` viewed 20 times, `TRENDING_OLD` bought 60
+/// times ten half-lives ago).
+const TRENDING_HOT: usize = 200;
+const TRENDING_WARM: usize = 201;
+const TRENDING_OLD: usize = 202;
+
+fn event(user: String, item: &pb::Item, kind: pb::EventType, timestamp_ms: i64) -> pb::Event {
+    pb::Event { user_id: user, item_id: item.id.clone(), r#type: kind as i32, timestamp_ms }
+}
+
+/// The trending terms of `ids` when ranked as candidates with weight 1.
+async fn trending_terms(url: &str, ids: &[&str]) -> Result<Vec<f32>> {
+    let mut c = connect(url).await?;
+    let r = c
+        .recommend(pb::RecommendRequest {
+            user_id: "trending-probe".into(),
+            candidate_ids: ids.iter().map(|s| s.to_string()).collect(),
+            k: ids.len() as u32,
+            explain: true,
+            ranking: Some(pb::Ranking { trending: Some(1.0), ..no_explore().unwrap() }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ids.iter()
+        .map(|id| {
+            r.hits
+                .iter()
+                .find(|h| h.id == *id)
+                .and_then(|h| h.explanation.as_ref())
+                .map(|e| e.trending)
+                .with_context(|| format!("{id} missing from {:?}", self::ids(&r)))
+        })
+        .collect()
+}
+
+/// Recent events across users make items trending: cold users get them,
+/// filters still hold, old events count for little, and the trending term
+/// is the decayed, type-weighted count normalised to the top item.
+async fn trending_items_reach_cold_users(ctx: &Ctx) -> Result<()> {
+    let mut c = connect(&ctx.url).await?;
+    let (hot, warm, old) = (&ctx.items[TRENDING_HOT], &ctx.items[TRENDING_WARM], &ctx.items[TRENDING_OLD]);
+    let ten_days_ago =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64 - 10 * 86_400_000;
+    let mut events = Vec::new();
+    for i in 0..20 {
+        // Many users, so every shard sees some of them (users are hashed).
+        events.push(event(format!("trend-{i}"), hot, pb::EventType::Purchase, 0));
+        events.push(event(format!("trend-{i}"), warm, pb::EventType::View, 0));
+    }
+    for i in 0..60 {
+        events.push(event(format!("trend-old-{i}"), old, pb::EventType::Purchase, ten_days_ago));
+    }
+    c.record_events(pb::RecordEventsRequest { events, ..Default::default() }).await?;
+    // The router refreshes its list every 100 ms in this cluster.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let r = c
+        .recommend(pb::RecommendRequest { user_id: "new-visitor".into(), k: 3, explain: true, ..Default::default() })
+        .await?
+        .into_inner();
+    let first = r.hits.first().context("no hits")?;
+    let e = first.explanation.as_ref().context("no explanation")?;
+    ensure!(first.id == hot.id, "cold user got {:?}, want {} first", ids(&r), hot.id);
+    ensure!(e.source == "trending" && (e.trending - 1.0).abs() < 1e-4, "explanation {e:?}");
+
+    // Purchases weigh 4, views 1; ten half-lives take 60 purchases to
+    // 240 / 1024.
+    let terms = trending_terms(&ctx.url, &[&hot.id, &warm.id, &old.id]).await?;
+    ensure!((terms[1] - 0.25).abs() < 1e-3, "view term {terms:?}");
+    ensure!((terms[2] - 240.0 / 1024.0 / 80.0).abs() < 1e-3, "old term {terms:?}");
+
+    // Filters hold for trending items.
+    let cat = category(ctx, &hot.id).to_string();
+    let r = c
+        .recommend(pb::RecommendRequest {
+            user_id: "new-visitor".into(),
+            k: 5,
             filter: Some(build::not(build::matches("category", &[&cat]))),
             ..Default::default()
         })
@@ -278,7 +368,7 @@ async fn exploration_and_feedback(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Signals are logged: they survive a shard restart.
+/// Signals and trending counts are logged: they survive a shard restart.
 async fn signals_survive_restart(ctx: &Ctx) -> Result<()> {
     let mut c = connect(&ctx.url).await?;
     let anchor = &ctx.items[40];
@@ -288,6 +378,8 @@ async fn signals_survive_restart(ctx: &Ctx) -> Result<()> {
         ..Default::default()
     })
     .await?;
+    let (hot, warm) = (&ctx.items[TRENDING_HOT], &ctx.items[TRENDING_WARM]);
+    let trending_before = trending_terms(&ctx.url, &[&hot.id, &warm.id]).await?;
     {
         let mut cluster = ctx.cluster.lock().map_err(|_| anyhow::anyhow!("cluster lock poisoned"))?;
         for i in 0..2 {
@@ -309,6 +401,14 @@ async fn signals_survive_restart(ctx: &Ctx) -> Result<()> {
     ensure!(ids(&r).first() == Some(&partner.id.as_str()), "after restart: {:?}", ids(&r));
     let info = c.cluster_info(pb::ClusterInfoRequest {}).await?.into_inner();
     ensure!(info.shards.iter().map(|s| s.items_with_signals).sum::<u64>() >= 1);
+    // Trending counts are rebuilt from the logged histories (the router's
+    // list is refreshed every 100 ms, so this one comes from the restarted
+    // shards).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let trending_after = trending_terms(&ctx.url, &[&hot.id, &warm.id]).await?;
+    ensure!(trending_before[1] > 0.0, "no trending before the restart: {trending_before:?}");
+    let same = trending_before.iter().zip(&trending_after).all(|(a, b)| (a - b).abs() < 1e-3);
+    ensure!(same, "trending before {trending_before:?}, after the restart {trending_after:?}");
     Ok(())
 }
 
@@ -363,7 +463,10 @@ async fn bad_ranking_input_is_rejected(ctx: &Ctx) -> Result<()> {
 fn main() {
     let args = Arguments::from_args();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let cluster = Cluster::start(Options::shards(2));
+    let cluster = Cluster::start(Options {
+        router_args: vec!["--trending-refresh-ms".into(), "100".into()],
+        ..Options::shards(2)
+    });
     let items = products(600);
     let url = cluster.url();
     rt.block_on(async {
@@ -386,6 +489,7 @@ fn main() {
         trial!(cold_users_get_popular_items),
         trial!(rules_and_candidate_lists),
         trial!(diversity_lambda_diversifies),
+        trial!(trending_items_reach_cold_users),
         trial!(exploration_and_feedback),
         trial!(signals_survive_restart),
     ];

@@ -4,11 +4,13 @@
 //! span and both shards' `rpc` spans meet, shard spans children of router
 //! spans, the client's `x-request-id` on them and echoed in the response;
 //! a caller's `traceparent` must be continued. A shard stopped with SIGTERM
-//! sends the spans it still queues. Without `--otlp-endpoint` the cluster
+//! sends the spans it still queues; a collector serving TLS receives spans
+//! from processes given its CA. Without `--otlp-endpoint` the cluster
 //! still settles and echoes request ids. Waits are polling with a bound;
 //! nothing is timed.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
+use rcgen::ExtendedKeyUsagePurpose;
+use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
+use vitrine_integration_tests::pki::Ca;
 use vitrine_integration_tests::{connect, Cluster, Options};
 use vitrine_proto::pb;
 
@@ -80,13 +85,28 @@ impl Collector {
 
     /// Serves OTLP/gRPC on a free loopback port; returns its URL.
     fn serve(&self, rt: &tokio::runtime::Runtime) -> String {
+        self.serve_with(rt, None)
+    }
+
+    /// Serves OTLP/gRPC, over TLS with this certificate and key when given
+    /// (then the URL is https://localhost:port, the name the certificate has).
+    fn serve_with(&self, rt: &tokio::runtime::Runtime, tls: Option<(PathBuf, PathBuf)>) -> String {
         let incoming = rt
             .block_on(async { tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()) })
             .expect("collector port");
         let addr = incoming.local_addr().expect("collector address");
         let svc = TraceServiceServer::new(self.clone());
-        rt.spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming));
-        format!("http://{addr}")
+        let mut server = tonic::transport::Server::builder();
+        let url = match tls {
+            Some((cert, key)) => {
+                let identity = Identity::from_pem(std::fs::read(cert).unwrap(), std::fs::read(key).unwrap());
+                server = server.tls_config(ServerTlsConfig::new().identity(identity)).expect("collector TLS");
+                format!("https://localhost:{}", addr.port())
+            }
+            None => format!("http://{addr}"),
+        };
+        rt.spawn(server.add_service(svc).serve_with_incoming(incoming));
+        url
     }
 
     /// Polls (bounded) until `found` finds what it looks for in the spans.
@@ -236,6 +256,36 @@ fn one_trace_spans_router_and_shards() {
     assert_eq!(continued.attr("request_id"), Some(generated));
     collector.wait_for("shard spans in the caller's trace", |spans| {
         spans.iter().find(|r| r.service == "vitrine-shard" && r.trace_id() == CALLER_TRACE).map(|_| ())
+    });
+}
+
+/// Spans reach a collector that serves TLS, from the router and from a
+/// shard, when the processes trust its CA (`--otlp-ca`).
+#[test]
+fn spans_reach_a_tls_collector() {
+    let rt = runtime();
+    let pki = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new(pki.path(), "collector-ca");
+    let identity = ca.issue(pki.path(), "collector", ExtendedKeyUsagePurpose::ServerAuth);
+    let collector = Collector::default();
+    let endpoint = collector.serve_with(&rt, Some(identity));
+    assert!(endpoint.starts_with("https://"));
+    let mut opts = Options::shards(1).vectors_only(DIM);
+    let otlp = ["--otlp-endpoint".to_string(), endpoint, "--otlp-ca".to_string(), ca.pem.display().to_string()];
+    opts.router_args.extend(otlp.iter().cloned());
+    opts.shard_args.extend(otlp.iter().cloned());
+    let quick = vec![("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string())];
+    opts.router_env = quick.clone();
+    opts.shard_env = quick;
+    let cluster = Cluster::start(opts);
+    let mut c = rt.block_on(connect(&cluster.url())).expect("connect");
+    rt.block_on(c.upsert_items(pb::UpsertItemsRequest { items: items(), ..Default::default() })).expect("upsert");
+    rt.block_on(c.search(search(&[("x-request-id", "tls-export")]))).expect("search");
+    collector.wait_for("router and shard spans over TLS", |spans| {
+        let of = |service: &str| {
+            spans.iter().any(|r| r.service == service && r.attr("request_id").as_deref() == Some("tls-export"))
+        };
+        (of("vitrine-router") && of("vitrine-shard")).then_some(())
     });
 }
 

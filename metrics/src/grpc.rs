@@ -35,8 +35,7 @@ use pin_project_lite::pin_project;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tower::{Layer, Service};
 
-/// `rpc` label of calls to a method the service does not have.
-pub const UNKNOWN_METHOD: &str = "unknown";
+pub use vitrine_proto::rpc::UNKNOWN_METHOD;
 
 /// gRPC status code names as grpc-go writes them, indexed by code number.
 const CODE_NAMES: [&str; 17] = [
@@ -133,11 +132,7 @@ impl RequestMetricsLayer {
     /// The `rpc` label for a request path (`/package.Service/Method`), or
     /// `None` when the path is not this service's.
     fn rpc(&self, path: &str) -> Option<&'static str> {
-        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-        if service != self.service {
-            return None;
-        }
-        Some(self.methods.iter().copied().find(|m| *m == method).unwrap_or(UNKNOWN_METHOD))
+        vitrine_proto::rpc::method_of(path, self.service, self.methods)
     }
 }
 

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod filter;
+pub mod rpc;
 pub mod timeout;
 pub mod validate;
 

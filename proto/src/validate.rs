@@ -295,6 +295,7 @@ pub fn ranking(r: &pb::Ranking) -> Result<(), InvalidInput> {
         ("popularity", r.popularity),
         ("freshness", r.freshness),
         ("feedback", r.feedback),
+        ("trending", r.trending),
     ];
     for (name, w) in weights {
         if let Some(w) = w {
@@ -361,6 +362,7 @@ mod tests {
         assert!(signals(&many, &l).is_err());
         assert!(ranking(&pb::Ranking { content: Some(2.0), ..Default::default() }).is_ok());
         assert!(ranking(&pb::Ranking { content: Some(f32::INFINITY), ..Default::default() }).is_err());
+        assert!(ranking(&pb::Ranking { trending: Some(f32::NAN), ..Default::default() }).is_err());
         assert!(ranking(&pb::Ranking { explore_epsilon: Some(1.1), ..Default::default() }).is_err());
         assert!(ranking(&pb::Ranking { diversity_lambda: Some(-0.1), ..Default::default() }).is_err());
         assert!(rule(&pb::Rule { when: None, boost: 1.0 }, 0).is_err());

@@ -454,7 +454,7 @@ fn check_signals(s: &pb::ItemSignals) -> Result<bool, TestCaseError> {
 fn check_ranking(r: Option<&pb::Ranking>) -> Result<bool, TestCaseError> {
     let Some(r) = r else { return Ok(true) };
     let ok = judged("ranking", validate::ranking(r))?.is_some();
-    let weights = [r.content, r.behaviour, r.popularity, r.freshness, r.feedback];
+    let weights = [r.content, r.behaviour, r.popularity, r.freshness, r.feedback, r.trending];
     let probabilities = [r.diversity_lambda, r.explore_epsilon];
     let expected = weights.iter().flatten().all(|w| w.is_finite())
         && probabilities.iter().flatten().all(|p| (0.0..=1.0).contains(p));
@@ -800,7 +800,17 @@ fn arb_filter() -> BoxedStrategy<pb::Filter> {
 fn arb_ranking() -> BoxedStrategy<pb::Ranking> {
     let weight = || prop::option::weighted(0.5, prop_oneof![20 => -2.0f32..2.0, 1 => arb_f32()]);
     let probability = || prop::option::weighted(0.5, arb_unit());
-    (weight(), weight(), weight(), weight(), probability(), probability(), prop::option::of(0u32..20), weight())
+    (
+        weight(),
+        weight(),
+        weight(),
+        weight(),
+        probability(),
+        probability(),
+        prop::option::of(0u32..20),
+        weight(),
+        weight(),
+    )
         .prop_map(
             |(
                 content,
@@ -811,6 +821,7 @@ fn arb_ranking() -> BoxedStrategy<pb::Ranking> {
                 explore_epsilon,
                 explore_slots,
                 feedback,
+                trending,
             )| {
                 pb::Ranking {
                     content,
@@ -821,6 +832,7 @@ fn arb_ranking() -> BoxedStrategy<pb::Ranking> {
                     explore_epsilon,
                     explore_slots,
                     feedback,
+                    trending,
                 }
             },
         )

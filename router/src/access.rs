@@ -10,7 +10,7 @@ use vitrine_proto::pb;
 use vitrine_security::{Access, Scope};
 
 /// The RPCs a `read` key may call.
-pub const READ_METHODS: &[&str] = &["Search", "SimilarItems", "Recommend", "GetItems", "ClusterInfo"];
+pub const READ_METHODS: &[&str] = &["Search", "SimilarItems", "Recommend", "GetItems", "ClusterInfo", "ListSnapshots"];
 
 /// Services served without a key.
 const OPEN_SERVICES: &[&str] = &["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"];

@@ -262,6 +262,15 @@ pub struct RankingArgs {
     /// Final slots open to exploration.
     #[arg(long, env = "VITRINE_ROUTER_EXPLORE_SLOTS", default_value_t = RankSettings::default().explore_slots)]
     pub explore_slots: usize,
+    /// Weight of the trending score (recent events across the cluster,
+    /// normalised to [0, 1]); above 0, trending items are also candidates.
+    #[arg(long = "rank-trending", env = "VITRINE_ROUTER_RANK_TRENDING", default_value_t = RankSettings::default().trending)]
+    pub trending: f32,
+    /// How long a fetched trending list serves before the shards are asked
+    /// again, in ms.
+    #[arg(long, env = "VITRINE_ROUTER_TRENDING_REFRESH_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub trending_refresh_ms: u64,
     /// Weight of the click rate learnt from feedback events.
     #[arg(long = "feedback-weight", env = "VITRINE_ROUTER_FEEDBACK_WEIGHT", default_value_t = RankSettings::default().feedback)]
     pub feedback: f32,

@@ -22,6 +22,7 @@ pub mod service;
 pub mod status;
 pub mod topk;
 pub mod topology;
+pub mod trending;
 pub mod version;
 
 use std::sync::Arc;
@@ -58,7 +59,7 @@ pub fn build(config: &RouterConfig) -> anyhow::Result<Arc<Router>> {
     };
     in_unit("diversity-lambda", r.diversity_lambda)?;
     in_unit("explore-epsilon", r.explore_epsilon)?;
-    let weights = [r.content, r.behaviour, r.popularity, r.freshness, r.feedback, r.target_attention];
+    let weights = [r.content, r.behaviour, r.popularity, r.freshness, r.feedback, r.trending, r.target_attention];
     if weights.iter().any(|w| !w.is_finite()) || r.freshness_half_life_days <= 0.0 {
         anyhow::bail!("ranking weights must be finite and the freshness half-life positive: {r:?}");
     }
@@ -81,6 +82,7 @@ pub fn build(config: &RouterConfig) -> anyhow::Result<Arc<Router>> {
             explore_epsilon: r.explore_epsilon,
             explore_slots: r.explore_slots,
             feedback: r.feedback,
+            trending: r.trending,
             ann_candidates: r.ann_candidates,
             behaviour_candidates: r.behaviour_candidates,
             ..defaults.ranking.clone()
@@ -90,6 +92,7 @@ pub fn build(config: &RouterConfig) -> anyhow::Result<Arc<Router>> {
             ..defaults.user_vector.clone()
         },
         limits: config.limits.limits()?,
+        trending_refresh: Duration::from_millis(r.trending_refresh_ms),
         ..defaults
     };
     let router_id = config.router_id.unwrap_or_else(|| (uuid::Uuid::new_v4().as_u128() & 0xfff) as u16);

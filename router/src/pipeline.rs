@@ -5,9 +5,10 @@
 //! 2. **User vector**: attention over the history ([`crate::recommend`]).
 //! 3. **Candidates**, gathered concurrently: the index's nearest items to the
 //!    user vector, the behavioural neighbours of the recent items (scored
-//!    exactly on their shards), popular items for users with nothing else to
-//!    go on, or the request's own candidate list. Shards apply the filter and
-//!    exclusions to every source.
+//!    exactly on their shards), popular and trending items for users with
+//!    nothing else to go on (or when their weights ask for them), or the
+//!    request's own candidate list. Shards apply the filter and exclusions
+//!    to every source.
 //! 4. **Ranking** on the merged set ([`crate::rank`]): weighted score, rules,
 //!    online feedback, MMR diversity, exploration of the final slots.
 
@@ -202,10 +203,16 @@ impl Router {
         };
 
         let mut cands: HashMap<String, Candidate> = HashMap::new();
+        // Trending score of every item on the cluster's list, when fetched.
+        let mut trending_scores: HashMap<String, f32> = HashMap::new();
         let mut coverage = pb::Coverage { shards_asked: 0, shards_answered: 0, degraded: false };
         if !q.candidate_ids.is_empty() {
             let (hits, failed) = self.score_ids(deadline, q.candidate_ids.clone(), &template).await;
             degraded |= failed;
+            if s.trending > 0.0 {
+                let list = self.trending.get(&self.shards, deadline).await;
+                trending_scores = list.iter().map(|(id, v)| (id.clone(), *v)).collect();
+            }
             for h in hits {
                 cands.entry(h.id.clone()).or_insert_with(|| Candidate::new(h, Source::Requested));
             }
@@ -217,7 +224,9 @@ impl Router {
             let depth = if explore_on(s) { q.k + EXPLORE_POOL } else { q.k };
             let ann_k = s.ann_candidates.max(depth).min(self.settings.limits.max_k);
             let want_ann = s.content > 0.0 && user.is_some();
-            let want_popular = s.popularity > 0.0 || (user.is_none() && behaviour_ids.is_empty());
+            let cold = user.is_none() && behaviour_ids.is_empty();
+            let want_popular = s.popularity > 0.0 || cold;
+            let want_trending = s.trending > 0.0 || cold;
             let ann = async {
                 if !want_ann {
                     return Ok(None);
@@ -247,11 +256,29 @@ impl Router {
                 let hits = gathered.answers.into_iter().flat_map(|(_, r)| r.hits).collect::<Vec<_>>();
                 Ok::<_, Status>(Some((hits, gathered.coverage)))
             };
-            let (ann, scored, popular) = tokio::join!(ann, self.score_ids(deadline, behaviour_ids, &template), popular);
-            let (scored, failed) = scored;
-            degraded |= failed;
-            for h in scored {
-                cands.entry(h.id.clone()).or_insert_with(|| Candidate::new(h, Source::Behaviour));
+            let trending = async {
+                if !want_trending {
+                    return (Vec::new(), false);
+                }
+                // The list's best items the request may show, scored (and
+                // filtered) on the shards that own them.
+                let list = self.trending.get(&self.shards, deadline).await;
+                trending_scores = list.iter().map(|(id, v)| (id.clone(), *v)).collect();
+                let ids: Vec<String> = list
+                    .iter()
+                    .filter(|(id, _)| !q.exclude.contains(id))
+                    .take(q.k.max(EXPLORE_POOL))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                self.score_ids(deadline, ids, &template).await
+            };
+            let (ann, scored, popular, trending) =
+                tokio::join!(ann, self.score_ids(deadline, behaviour_ids, &template), popular, trending);
+            for ((hits, failed), source) in [(scored, Source::Behaviour), (trending, Source::Trending)] {
+                degraded |= failed;
+                for h in hits {
+                    cands.entry(h.id.clone()).or_insert_with(|| Candidate::new(h, source));
+                }
             }
             for (res, source) in [(ann?, Source::Content), (popular?, Source::Popular)] {
                 let Some((hits, cov)) = res else { continue };
@@ -269,10 +296,16 @@ impl Router {
         }
         coverage.degraded |= degraded;
 
-        // With nothing known about the user, popularity is all there is.
+        // With nothing known about the user, popularity and what is
+        // trending now are all there is.
         let mut s = s.clone();
-        if user.is_none() && behaviour.is_empty() && s.popularity == 0.0 {
-            s.popularity = 1.0;
+        if user.is_none() && behaviour.is_empty() {
+            if s.popularity == 0.0 {
+                s.popularity = 1.0;
+            }
+            if s.trending == 0.0 {
+                s.trending = 1.0;
+            }
         }
         let s = &s;
 
@@ -291,6 +324,7 @@ impl Router {
             if s.feedback != 0.0 {
                 c.feedback = self.feedback.lift(&c.hit.id);
             }
+            c.trending = trending_scores.get(&c.hit.id).copied().unwrap_or(0.0);
         }
         rank::score_all(&mut cands, s);
         let keep = if explore_on(s) { q.k + EXPLORE_POOL } else { q.k };

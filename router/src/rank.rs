@@ -5,13 +5,16 @@
 //!
 //! ```text
 //! score = w_c · content + w_b · behaviour / max(behaviour) + w_p · popularity
-//!       + w_f · 2^(−age / half_life) + Σ rule boosts + w_fb · (ctr − prior ctr)
+//!       + w_f · 2^(−age / half_life) + w_t · trending + Σ rule boosts
+//!       + w_fb · (ctr − prior ctr)
 //! ```
 //!
 //! where `content` is the cosine to the user vector, `behaviour` the summed,
 //! recency-weighted neighbour weights of the recent history items (normalised
 //! by the best candidate's, so the weight means the same for every user),
-//! `popularity` the trained prior and `ctr` the posterior click rate learnt
+//! `popularity` the trained prior, `trending` the cluster's recent activity on
+//! the item (normalised so the most trending item has 1; `crate::trending`)
+//! weighted by `w_t`, and `ctr` the posterior click rate learnt
 //! online from feedback. Then MMR picks the final list for diversity, and the
 //! last slots may be explored (ε-greedy) with each slot's propensity kept.
 
@@ -35,6 +38,8 @@ pub struct RankSettings {
     pub explore_epsilon: f32,
     pub explore_slots: usize,
     pub feedback: f32,
+    /// Weight of the trending score; above 0, trending items are candidates.
+    pub trending: f32,
     /// Recent history items whose neighbours are candidates.
     pub behaviour_history: usize,
     /// Multiplier of a history item's neighbour weights per step back in time.
@@ -60,6 +65,10 @@ impl Default for RankSettings {
             explore_epsilon: 0.0,
             explore_slots: 2,
             feedback: 0.5,
+            // Off for users with a history: on Amazon Beauty the trained
+            // terms carry the signal. Users with nothing to go on rank by
+            // popularity and trending (crate::pipeline).
+            trending: 0.0,
             behaviour_history: 10,
             behaviour_recency: 0.5,
             // With popularity, freshness and rules off, a content-only
@@ -86,6 +95,7 @@ impl RankSettings {
             s.explore_epsilon = r.explore_epsilon.unwrap_or(s.explore_epsilon);
             s.explore_slots = r.explore_slots.map_or(s.explore_slots, |n| n as usize);
             s.feedback = r.feedback.unwrap_or(s.feedback);
+            s.trending = r.trending.unwrap_or(s.trending);
         }
         s
     }
@@ -97,6 +107,7 @@ pub enum Source {
     Content,
     Behaviour,
     Popular,
+    Trending,
     Requested,
 }
 
@@ -106,6 +117,7 @@ impl Source {
             Source::Content => "content",
             Source::Behaviour => "behaviour",
             Source::Popular => "popular",
+            Source::Trending => "trending",
             Source::Requested => "candidates",
         }
     }
@@ -128,6 +140,8 @@ pub struct Candidate {
     pub freshness: f32,
     /// Posterior click rate minus the prior, from [`Feedback`].
     pub feedback: f32,
+    /// Trending score in [0, 1] (0 when not trending).
+    pub trending: f32,
     pub explanation: pb::Explanation,
     pub score: f32,
 }
@@ -143,6 +157,7 @@ impl Candidate {
             rules: 0.0,
             freshness: 0.0,
             feedback: 0.0,
+            trending: 0.0,
             explanation: pb::Explanation::default(),
             score: 0.0,
         }
@@ -172,8 +187,9 @@ pub fn score_all(cands: &mut [Candidate], s: &RankSettings) {
             freshness: s.freshness * c.freshness,
             rules: c.rules,
             feedback: s.feedback * c.feedback,
+            trending: s.trending * c.trending,
         };
-        c.score = e.content + e.behaviour + e.popularity + e.freshness + e.rules + e.feedback;
+        c.score = e.content + e.behaviour + e.popularity + e.freshness + e.rules + e.feedback + e.trending;
         c.explanation = e;
     }
     cands.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.hit.id.cmp(&b.hit.id)));

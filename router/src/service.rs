@@ -17,6 +17,7 @@ use crate::pipeline::RankQuery;
 use crate::rank::{Feedback, RankSettings};
 use crate::recommend::UserVectorParams;
 use crate::topology::Topology;
+use crate::trending::TrendingCache;
 use crate::version::VersionClock;
 
 /// Longest deadline honoured from a client.
@@ -36,6 +37,8 @@ pub struct RouterSettings {
     pub ranking: RankSettings,
     /// Items whose feedback rates are tracked.
     pub feedback_capacity: usize,
+    /// How long a fetched trending list serves before the next fan-out.
+    pub trending_refresh: Duration,
 }
 
 impl Default for RouterSettings {
@@ -47,6 +50,7 @@ impl Default for RouterSettings {
             user_vector: UserVectorParams::default(),
             ranking: RankSettings::default(),
             feedback_capacity: 1_000_000,
+            trending_refresh: Duration::from_secs(2),
         }
     }
 }
@@ -62,6 +66,8 @@ pub struct Router {
     pub(crate) feedback: Feedback,
     /// Versions of writes (see `version`).
     clock: VersionClock,
+    /// The cluster's trending items, refreshed every `trending_refresh`.
+    pub(crate) trending: TrendingCache,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -71,7 +77,8 @@ pub(crate) fn now_ms() -> i64 {
 impl Router {
     pub fn new(shards: Arc<Shards>, topology: Topology, settings: RouterSettings, clock: VersionClock) -> Self {
         let feedback = Feedback::new(settings.feedback_capacity);
-        Self { shards, topology, settings, dimension: AtomicUsize::new(0), feedback, clock }
+        let trending = TrendingCache::new(settings.trending_refresh);
+        Self { shards, topology, settings, dimension: AtomicUsize::new(0), feedback, clock, trending }
     }
 
     /// The consistency level of a write request.
@@ -104,6 +111,25 @@ impl Router {
 
     fn write_deadline<T>(&self, r: &Request<T>) -> Deadline {
         Deadline::from_metadata(r.metadata(), self.settings.write_timeout, MAX_DEADLINE)
+    }
+
+    /// Calls every replica of every shard at once (administration: every
+    /// copy's own answer matters); results in shard then replica order.
+    /// FAILED_PRECONDITION when the router has no shards.
+    async fn each_replica<T, Fut>(
+        &self,
+        deadline: Deadline,
+        f: impl Fn(crate::fanout::ShardConn, Duration) -> Fut,
+    ) -> Result<Vec<(Arc<crate::fanout::Replica>, Result<T, Status>)>, Status>
+    where
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let replicas: Vec<_> = self.shards.all_replicas().cloned().collect();
+        if replicas.is_empty() {
+            return Err(Status::failed_precondition("the router has no shards"));
+        }
+        let results = join_all(replicas.iter().map(|r| self.shards.call_replica(r, deadline, &f))).await;
+        Ok(replicas.into_iter().zip(results).collect())
     }
 
     /// The cluster's vector dimension, asking the shards if not yet known.
@@ -715,21 +741,15 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         // A snapshot of a large shard takes seconds: the write timeout, not
         // the read one, bounds it unless the client sets a deadline.
         let deadline = r.write_deadline(&request);
-        let calls = r.shards.all_replicas().map(|replica| {
-            r.shards.call_replica(replica, deadline, |mut c, budget| {
+        let results = r
+            .each_replica(deadline, |mut c, budget| {
                 let mut req = Request::new(pb::CreateSnapshotRequest {});
                 req.set_timeout(budget);
                 async move { c.snapshot(req).await }
             })
-        });
-        let results = join_all(calls).await;
-        if results.is_empty() {
-            return Err(Status::failed_precondition("the router has no shards"));
-        }
-        let shards = r
-            .shards
-            .all_replicas()
-            .zip(results)
+            .await?;
+        let shards = results
+            .into_iter()
             .map(|(replica, result)| match result {
                 Ok(mut info) => {
                     info.shard = replica.shard;
@@ -745,5 +765,31 @@ impl pb::vitrine_server::Vitrine for VitrineService {
             })
             .collect();
         Ok(Response::new(pb::CreateSnapshotResponse { shards }))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let r = &self.router;
+        let deadline = r.read_deadline(&request);
+        let results = r
+            .each_replica(deadline, |mut c, budget| {
+                let mut req = Request::new(pb::ListSnapshotsRequest {});
+                req.set_timeout(budget);
+                async move { c.list_snapshots(req).await }
+            })
+            .await?;
+        let shards = results
+            .into_iter()
+            .map(|(replica, result)| {
+                let (snapshots, error) = match result {
+                    Ok(s) => (s.snapshots, String::new()),
+                    Err(status) => (Vec::new(), status.message().to_string()),
+                };
+                pb::ShardSnapshots { shard: replica.shard, replica: replica.replica, snapshots, error }
+            })
+            .collect();
+        Ok(Response::new(pb::ListSnapshotsResponse { shards }))
     }
 }

@@ -44,7 +44,7 @@ pub struct ShardConfig {
     #[arg(long, env = "VITRINE_SHARD_POD_INDEX", conflicts_with_all = ["shard_id", "replica"])]
     pub pod_index: Option<u32>,
     /// With --pod-index: how many replicas each shard has.
-    #[arg(long, env = "VITRINE_SHARD_REPLICAS", default_value_t = 1,
+    #[arg(long, env = "VITRINE_SHARD_REPLICAS", default_value_t = 1, requires = "pod_index",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub replicas: u32,
     /// With --pod-index: the address of pod `{index}`, e.g.
@@ -130,6 +130,12 @@ pub struct ShardConfig {
     /// Events kept per user.
     #[arg(long, env = "VITRINE_SHARD_PROFILE_EVENTS", default_value_t = 200)]
     pub profile_events: usize,
+    /// Hours after which an event counts half in the trending counts
+    /// (docs/QUALITY.md); the same on every shard, since the router adds
+    /// their lists.
+    #[arg(long, env = "VITRINE_SHARD_TRENDING_HALF_LIFE_HOURS", default_value_t = 24.0,
+          value_parser = positive_hours)]
+    pub trending_half_life_hours: f64,
     /// Largest gRPC message accepted, in MiB (bulk upserts carry many items).
     #[arg(long, env = "VITRINE_SHARD_MAX_MESSAGE_MIB", default_value_t = 64)]
     pub max_message_mib: usize,
@@ -183,6 +189,16 @@ impl ShardConfig {
     }
 }
 
+/// A half-life in hours: positive, finite and at most ten years.
+fn positive_hours(v: &str) -> Result<f64, String> {
+    let h: f64 = v.parse().map_err(|e| format!("{v}: {e}"))?;
+    if h.is_finite() && h > 0.0 && h <= 87_600.0 {
+        Ok(h)
+    } else {
+        Err(format!("{v}: must be more than 0 and at most 87600 hours"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +232,14 @@ mod tests {
         assert!(parse(&["--pod-index", "1", "--shard-id", "2"]).is_err());
         assert!(parse(&["--peer-template", "s-{index}:1"]).is_err(), "template without a pod index");
         assert!(parse(&["--pod-index", "1", "--replicas", "0"]).is_err());
+        // Without a pod index there is nothing to place: refused rather
+        // than silently ignored.
+        let e = parse(&["--replicas", "3"]).unwrap_err();
+        assert!(e.contains("--pod-index"), "{e}");
         assert!(parse(&["--pod-index", "1", "--peer", "a:1", "--peer-template", "s-{index}:1"]).is_err());
+        for bad in ["0", "-1", "NaN", "inf", "100000"] {
+            assert!(parse(&["--trending-half-life-hours", bad]).is_err(), "{bad}");
+        }
+        assert!(parse(&["--trending-half-life-hours", "0.5"]).is_ok());
     }
 }

@@ -25,11 +25,13 @@ pub mod index;
 pub mod metrics;
 pub mod profiles;
 pub mod replica;
+pub mod restore;
 pub mod service;
 pub mod serving;
 pub mod signals;
 pub mod snapshot;
 pub mod store;
+pub mod trending;
 pub mod wal;
 
 use std::collections::HashMap;
@@ -55,6 +57,10 @@ use wal::WalOptions;
 /// after it) and returns it.
 pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     let started = Instant::now();
+    // First, before the model loads: one process per data directory, and
+    // none on a directory a restore left half-done.
+    let dir_lock = restore::DirLock::acquire(&config.data_dir)?;
+    restore::check_not_restoring(&config.data_dir)?;
     // hnsw_rs calls process::exit on M > 256; refuse such settings here instead.
     anyhow::ensure!((2..=256).contains(&config.hnsw_m), "--hnsw-m must be 2..=256, got {}", config.hnsw_m);
     anyhow::ensure!(
@@ -137,7 +143,10 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         shard_id: config.shard_id,
         batcher,
         catalog,
-        profiles: profiles::Profiles::new(config.profile_events),
+        profiles: profiles::Profiles::new(
+            config.profile_events,
+            Duration::from_secs_f64(config.trending_half_life_hours * 3600.0),
+        ),
         signals: signals::SignalStore::default(),
         wal: Mutex::new(recovered.wal),
         snapshots: Snapshots::new(&config.data_dir, snapshot_policy, snapshot_seq),
@@ -145,6 +154,7 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         limits: Limits::default(),
         replica: config.replica,
         peers,
+        dir_lock,
     });
     // Items from the snapshot and the log are staged into their final state
     // first and indexed with one parallel build: replaying upserts one by

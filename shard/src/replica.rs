@@ -26,10 +26,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tracing::Instrument;
 use vitrine_proto::pb::{self, shard_client::ShardClient};
+use vitrine_telemetry::Propagate;
 
 use crate::service::{blocking, ShardState};
 use crate::wal::{Op, WalRecord};
+
+/// A client of one peer replica.
+type PeerClient = ShardClient<Propagate<Channel>>;
 
 /// Entries per digest chunk: about 200 KB, well under message limits.
 const DIGEST_CHUNK: usize = 4096;
@@ -41,7 +46,10 @@ const FETCH_BATCH: usize = 256;
 
 /// The other replicas of this shard, and whether this one serves reads.
 pub struct Peers {
-    clients: Vec<(String, ShardClient<Channel>)>,
+    /// Each call carries the request id and, with trace export on, the
+    /// calling span as `traceparent` (the router's, when it asked for the
+    /// catch-up), so a catch-up shows in the trace that caused it.
+    clients: Vec<(String, PeerClient)>,
     ready: AtomicBool,
     /// One catch-up at a time; a second request waits and then runs (cheap
     /// when nothing changed), so its caller knows the state it asked for.
@@ -81,7 +89,7 @@ impl Peers {
                 endpoint =
                     endpoint.tls_config(tls.clone()).map_err(|e| anyhow::anyhow!("TLS to peer {addr:?}: {e}"))?;
             }
-            let client = ShardClient::new(endpoint.connect_lazy())
+            let client = ShardClient::new(Propagate::new(endpoint.connect_lazy()))
                 .max_decoding_message_size(max_message_bytes)
                 .max_encoding_message_size(max_message_bytes);
             clients.push((addr.clone(), client));
@@ -272,7 +280,9 @@ pub async fn catch_up_at_start(state: Arc<ShardState>) {
     }
     let deadline = Instant::now() + state.peers.startup_timeout;
     loop {
-        let report = catch_up(Arc::clone(&state)).await;
+        // Each attempt is a trace of its own (there is no caller to join).
+        let span = tracing::info_span!("shard.catch_up_at_start", replica = state.replica);
+        let report = catch_up(Arc::clone(&state)).instrument(span).await;
         if report.peer_errors.is_empty() {
             break;
         }
@@ -298,11 +308,7 @@ enum SyncError {
     Dimension { id: String, got: usize, want: usize },
 }
 
-async fn sync_from(
-    state: &Arc<ShardState>,
-    mut client: ShardClient<Channel>,
-    applied: &mut Applied,
-) -> Result<(), SyncError> {
+async fn sync_from(state: &Arc<ShardState>, mut client: PeerClient, applied: &mut Applied) -> Result<(), SyncError> {
     let our_users: HashMap<String, u64> = {
         let s = Arc::clone(state);
         blocking(move || s.profiles.digest().into_iter().collect()).await?

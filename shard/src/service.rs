@@ -40,6 +40,8 @@ pub struct ShardState {
     pub replica: u32,
     /// The other replicas of this shard and whether reads are served yet.
     pub peers: Peers,
+    /// The data directory's lock, held while the state lives.
+    pub dir_lock: crate::restore::DirLock,
 }
 
 impl ShardState {
@@ -464,6 +466,25 @@ impl pb::shard_server::Shard for ShardService {
         Ok(Response::new(pb::GetSignalsResponse { signals }))
     }
 
+    async fn trending(
+        &self,
+        request: Request<pb::ShardTrendingRequest>,
+    ) -> Result<Response<pb::ShardTrendingResponse>, Status> {
+        let _span = tracing::info_span!("shard.trending", shard = self.state.shard_id).entered();
+        serving_reads(&self.state)?;
+        let k = validate::k(request.into_inner().k, &self.state.limits)?;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let items = self
+            .state
+            .profiles
+            .trending(k, now)
+            .into_iter()
+            .map(|(id, score)| pb::TrendingItem { id, score })
+            .collect();
+        Ok(Response::new(pb::ShardTrendingResponse { items }))
+    }
+
     async fn info(&self, _request: Request<pb::ClusterInfoRequest>) -> Result<Response<pb::ShardInfo>, Status> {
         let s = &self.state;
         let (wal_last_seq, wal_bytes) = {
@@ -510,6 +531,45 @@ impl pb::shard_server::Shard for ShardService {
             users: m.users,
             bytes: m.bytes,
             elapsed_ms: written.elapsed_ms,
+            error: String::new(),
+        }))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ShardSnapshots>, Status> {
+        let span = tracing::info_span!("shard.list_snapshots", shard = self.state.shard_id);
+        let dir = self.state.snapshots.dir().to_path_buf();
+        let listed = blocking(move || {
+            crate::snapshot::list(&dir)
+                .map(|kept| kept.into_iter().map(|s| (crate::snapshot::read_manifest(&s), s)).collect::<Vec<_>>())
+        })
+        .instrument(span)
+        .await?
+        .map_err(|e| Status::internal(format!("listing snapshots: {e}")))?;
+        let snapshots = listed
+            .into_iter()
+            .map(|(manifest, s)| {
+                let path = s.path.display().to_string();
+                match manifest {
+                    Ok(m) => pb::StoredSnapshot {
+                        seq: m.seq,
+                        created_unix_ms: m.created_unix_ms,
+                        items: m.items,
+                        users: m.users,
+                        bytes: m.bytes,
+                        path,
+                        error: String::new(),
+                    },
+                    Err(e) => pb::StoredSnapshot { seq: s.seq, path, error: e.to_string(), ..Default::default() },
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ShardSnapshots {
+            shard: self.state.shard_id,
+            replica: self.state.replica,
+            snapshots,
             error: String::new(),
         }))
     }

@@ -116,8 +116,8 @@ pub fn write(
     records: impl Iterator<Item = WalRecord>,
 ) -> Result<(OnDisk, Manifest), SnapshotError> {
     std::fs::create_dir_all(dir).map_err(io_at(dir))?;
-    let final_path = dir.join(format!("snapshot-{seq:020}"));
-    let tmp = dir.join(format!("snapshot-{seq:020}.tmp"));
+    let final_path = dir.join(dir_name(seq));
+    let tmp = dir.join(format!("{}.tmp", dir_name(seq)));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io_at(&tmp))?;
     }
@@ -185,9 +185,10 @@ fn write_into(
     Ok(manifest)
 }
 
-/// Checks a snapshot without loading it: the manifest parses, names this
-/// format and sequence number, and the data file has its length and CRC32C.
-pub fn verify(snapshot: &OnDisk) -> Result<Manifest, SnapshotError> {
+/// Reads a snapshot's manifest: it parses and names this format and the
+/// directory's sequence number. Cheap (listing); [`verify`] also checks the
+/// data.
+pub fn read_manifest(snapshot: &OnDisk) -> Result<Manifest, SnapshotError> {
     let manifest_path = snapshot.path.join(MANIFEST);
     let text = std::fs::read(&manifest_path).map_err(io_at(&manifest_path))?;
     let manifest: Manifest =
@@ -198,6 +199,18 @@ pub fn verify(snapshot: &OnDisk) -> Result<Manifest, SnapshotError> {
     if manifest.seq != snapshot.seq {
         return Err(invalid(&manifest_path, format!("says sequence {}, directory {}", manifest.seq, snapshot.seq)));
     }
+    Ok(manifest)
+}
+
+/// The name of the directory holding snapshot `seq`.
+pub fn dir_name(seq: u64) -> String {
+    format!("snapshot-{seq:020}")
+}
+
+/// Checks a snapshot without loading it: the manifest parses, names this
+/// format and sequence number, and the data file has its length and CRC32C.
+pub fn verify(snapshot: &OnDisk) -> Result<Manifest, SnapshotError> {
+    let manifest = read_manifest(snapshot)?;
     let data_path = snapshot.path.join(DATA);
     let mut reader = BufReader::with_capacity(1 << 20, File::open(&data_path).map_err(io_at(&data_path))?);
     let (mut crc, mut bytes) = (0u32, 0u64);

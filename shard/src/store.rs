@@ -142,6 +142,11 @@ impl Snapshots {
         }
     }
 
+    /// Where the snapshots are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Sequence number the newest snapshot covers (0: none).
     pub fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::Acquire)

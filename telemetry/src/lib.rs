@@ -22,6 +22,7 @@ pub mod request_id;
 pub mod server;
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -68,9 +69,20 @@ pub struct TelemetryArgs {
     #[arg(long, env = "VITRINE_LOG_JSON")]
     pub log_json: bool,
     /// OTLP/gRPC endpoint of a trace collector, e.g. http://otel-collector:4317
-    /// (plaintext). Unset: no spans are exported.
+    /// (plaintext) or https://otel-collector:4317 (TLS, with --otlp-ca).
+    /// Unset: no spans are exported.
     #[arg(long, env = "VITRINE_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// PEM file of the CA that signed the collector's certificate; needed
+    /// by an https:// endpoint.
+    #[arg(long, env = "VITRINE_OTLP_CA")]
+    pub otlp_ca: Option<PathBuf>,
+    /// PEM certificate and key presented to a collector that requires
+    /// client certificates (mutual TLS).
+    #[arg(long, env = "VITRINE_OTLP_CERT", requires_all = ["otlp_key", "otlp_ca"])]
+    pub otlp_cert: Option<PathBuf>,
+    #[arg(long, env = "VITRINE_OTLP_KEY", requires = "otlp_cert")]
+    pub otlp_key: Option<PathBuf>,
     /// Fraction of traces started here that are exported (0 to 1). A
     /// caller's decision, in its `traceparent`, is followed instead.
     #[arg(long, env = "VITRINE_OTLP_SAMPLE_RATIO", default_value_t = 1.0)]
@@ -82,7 +94,10 @@ impl TelemetryArgs {
     /// empty variable counts as unset).
     pub fn otlp(&self) -> Option<OtlpConfig> {
         let endpoint = self.otlp_endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty())?;
-        Some(OtlpConfig::new(endpoint).sample_ratio(self.otlp_sample_ratio))
+        let mut cfg = OtlpConfig::new(endpoint).sample_ratio(self.otlp_sample_ratio);
+        cfg.ca = self.otlp_ca.clone();
+        cfg.identity = self.otlp_cert.clone().zip(self.otlp_key.clone());
+        Some(cfg)
     }
 }
 
@@ -92,12 +107,29 @@ pub struct OtlpConfig {
     endpoint: String,
     sample_ratio: f64,
     attributes: Vec<KeyValue>,
+    /// Trust root for an https:// endpoint.
+    ca: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl OtlpConfig {
     /// Exports every trace to `endpoint` (`http://host:port`).
     pub fn new(endpoint: impl Into<String>) -> Self {
-        Self { endpoint: endpoint.into(), sample_ratio: 1.0, attributes: Vec::new() }
+        Self { endpoint: endpoint.into(), sample_ratio: 1.0, attributes: Vec::new(), ca: None, identity: None }
+    }
+
+    /// Connects over TLS, trusting the CA in this PEM file (the endpoint
+    /// must be https://).
+    pub fn ca(mut self, pem: impl Into<PathBuf>) -> Self {
+        self.ca = Some(pem.into());
+        self
+    }
+
+    /// Presents this certificate and key (PEM files) to the collector.
+    pub fn identity(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.identity = Some((cert.into(), key.into()));
+        self
     }
 
     /// Samples this fraction of the traces that start in this process.
@@ -125,6 +157,8 @@ pub enum TelemetryError {
         #[source]
         source: opentelemetry_otlp::ExporterBuildError,
     },
+    #[error("OTLP endpoint {endpoint}: {reason}")]
+    Tls { endpoint: String, reason: String },
     #[error("the OTLP exporter needs a Tokio runtime: call init inside one")]
     NoRuntime,
     #[error("a tracing subscriber is already installed: {0}")]
@@ -201,12 +235,13 @@ fn provider(service_name: &str, cfg: OtlpConfig) -> Result<SdkTracerProvider, Te
     }
     // The exporter's channel connects lazily on a task of the runtime.
     tokio::runtime::Handle::try_current().map_err(|_| TelemetryError::NoRuntime)?;
-    use opentelemetry_otlp::WithExportConfig as _;
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(cfg.endpoint.clone())
-        .build()
-        .map_err(|source| TelemetryError::Exporter { endpoint: cfg.endpoint.clone(), source })?;
+    use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(cfg.endpoint.clone());
+    if let Some(tls) = tls_config(&cfg)? {
+        builder = builder.with_tls_config(tls);
+    }
+    let exporter =
+        builder.build().map_err(|source| TelemetryError::Exporter { endpoint: cfg.endpoint.clone(), source })?;
     // `Resource::builder` also reads OTEL_RESOURCE_ATTRIBUTES, so that a
     // deployment can add its own (pod name, zone); the service name is ours.
     let resource =
@@ -218,6 +253,31 @@ fn provider(service_name: &str, cfg: OtlpConfig) -> Result<SdkTracerProvider, Te
         .build())
 }
 
+/// The TLS settings of an https:// endpoint: its CA is required, so that
+/// a typo cannot silently send traces somewhere untrusted; a CA with a
+/// plaintext endpoint is refused as the likely mistake it is.
+fn tls_config(cfg: &OtlpConfig) -> Result<Option<tonic::transport::ClientTlsConfig>, TelemetryError> {
+    let fail = |reason: String| TelemetryError::Tls { endpoint: cfg.endpoint.clone(), reason };
+    let https = cfg.endpoint.starts_with("https://");
+    let Some(ca) = &cfg.ca else {
+        return if https {
+            Err(fail("an https:// endpoint needs --otlp-ca (VITRINE_OTLP_CA)".into()))
+        } else {
+            Ok(None)
+        };
+    };
+    if !https {
+        return Err(fail("--otlp-ca is set but the endpoint is not https://".into()));
+    }
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| fail(format!("reading {}: {e}", p.display())));
+    let mut tls =
+        tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+    if let Some((cert, key)) = &cfg.identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +287,9 @@ mod tests {
         let args = |e: Option<&str>| TelemetryArgs {
             log_json: false,
             otlp_endpoint: e.map(str::to_string),
+            otlp_ca: None,
+            otlp_cert: None,
+            otlp_key: None,
             otlp_sample_ratio: 0.5,
         };
         assert!(args(None).otlp().is_none());
@@ -247,9 +310,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn https_without_tls_is_refused_at_start() {
+    async fn tls_mistakes_are_refused_at_start() {
         let e = provider("x", OtlpConfig::new("https://collector:4317")).err();
-        assert!(matches!(e, Some(TelemetryError::Exporter { .. })), "{e:?}");
+        assert!(matches!(&e, Some(TelemetryError::Tls { reason, .. }) if reason.contains("--otlp-ca")), "{e:?}");
+        let e = provider("x", OtlpConfig::new("http://collector:4317").ca("/ca.pem")).err();
+        assert!(matches!(&e, Some(TelemetryError::Tls { reason, .. }) if reason.contains("not https")), "{e:?}");
+        let e = provider("x", OtlpConfig::new("https://collector:4317").ca("/no/such/ca.pem")).err();
+        assert!(matches!(&e, Some(TelemetryError::Tls { reason, .. }) if reason.contains("/no/such/ca.pem")), "{e:?}");
         let e = provider("x", OtlpConfig::new("not a uri")).err();
         assert!(matches!(e, Some(TelemetryError::Exporter { .. })), "{e:?}");
     }

@@ -35,8 +35,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::request_id::{self, RequestId};
 
-/// Name of calls to a method the service does not have.
-pub const UNKNOWN_METHOD: &str = "unknown";
+pub use vitrine_proto::rpc::UNKNOWN_METHOD;
 
 /// Wraps a server so that each call of one service runs in its `rpc` span
 /// (see the module documentation).
@@ -56,11 +55,7 @@ impl RpcSpanLayer {
     /// The method of a request path (`/package.Service/Method`), or `None`
     /// when the path is not this service's.
     fn method(&self, path: &str) -> Option<&'static str> {
-        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-        if service != self.service {
-            return None;
-        }
-        Some(self.methods.iter().copied().find(|m| *m == method).unwrap_or(UNKNOWN_METHOD))
+        vitrine_proto::rpc::method_of(path, self.service, self.methods)
     }
 }
 

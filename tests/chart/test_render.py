@@ -320,6 +320,28 @@ def test_configmap_carries_settings(default_objs):
     assert ann(default_objs, shard_sts) != ann(objs, shard_sts)
 
 
+def test_a_tls_collector_gets_its_ca_in_both_workloads():
+    values = {"tracing": {"otlpEndpoint": "https://otel-collector.obs:4317", "caSecret": "otel-ca"}}
+    objs = chartlib.render(values)
+    cm = one(objs, "ConfigMap", f"{R}-config")["data"]
+    assert cm["VITRINE_OTLP_ENDPOINT"] == "https://otel-collector.obs:4317"
+    assert cm["VITRINE_OTLP_CA"] == "/etc/vitrine/otlp/ca.crt"
+    for workload in (router_deploy(objs), shard_sts(objs)):
+        pod = workload["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "otlp-ca"]
+        assert volume["secret"]["secretName"] == "otel-ca"
+        assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+        (container,) = pod["containers"]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "otlp-ca"]
+        assert mount == {"name": "otlp-ca", "mountPath": "/etc/vitrine/otlp", "readOnly": True}
+    # Without a TLS collector nothing is mounted.
+    default = chartlib.render({})
+    for workload in (router_deploy(default), shard_sts(default)):
+        assert all(v["name"] != "otlp-ca" for v in workload["spec"]["template"]["spec"]["volumes"])
+    # An https:// endpoint without a CA, or a CA for a plaintext endpoint,
+    # is refused by the values schema (tests/chart/test_values_schema.py).
+
+
 def test_drain_must_fit_in_the_grace_period():
     with pytest.raises(Exception, match="drainMs must be shorter"):
         chartlib.render({"shard": {"drainMs": 60000, "terminationGracePeriodSeconds": 60}})

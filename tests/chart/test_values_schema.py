@@ -143,6 +143,8 @@ BAD_VALUES = [
     {"extraConfig": {"NOT VALID": "x"}},
     {"tracing": {"otlpEndpoint": "otel-collector:4317"}},
     {"tracing": {"otlpEndpoint": "https://otel-collector:4317"}},
+    {"tracing": {"otlpEndpoint": "http://otel-collector:4317", "caSecret": "otel-ca"}},
+    {"tracing": {"caSecret": "otel-ca"}},
     {"tracing": {"sampleRatio": 2}},
     {"unknownTopLevel": True},
 ]

@@ -9,6 +9,7 @@
 //! [`scrape`] reads a process's Prometheus metrics when the cluster was
 //! started [`Options::with_metrics`].
 
+pub mod pki;
 pub mod scrape;
 pub use scrape::{scrape, Metrics};
 
@@ -43,6 +44,24 @@ pub fn models() -> (PathBuf, PathBuf) {
         m.display()
     );
     (dir, lib)
+}
+
+/// Runs the `vitrine` command-line tool and returns its output (echoed to
+/// stderr, which the test harness shows for failing tests).
+pub fn vitrine_cli(args: &[&str]) -> std::process::Output {
+    let bin = bin_dir().join("vitrine");
+    let out = std::process::Command::new(&bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}; run `cargo build --workspace --bins`", bin.display()));
+    eprintln!(
+        "$ vitrine {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// A free loopback port (bound then released; the race is harmless here

@@ -101,7 +101,12 @@ struct Config {
 /// irreproducible, and the replay's impressions (with no clicks) would
 /// otherwise teach the router that every served item is ignored.
 fn config(name: &'static str, ranking: pb::Ranking) -> Config {
-    Config { name, ranking: pb::Ranking { explore_epsilon: Some(0.0), feedback: Some(0.0), ..ranking } }
+    // Trending is pinned off too: the replay records no events, and a
+    // router started with --rank-trending must not change the numbers.
+    Config {
+        name,
+        ranking: pb::Ranking { explore_epsilon: Some(0.0), feedback: Some(0.0), trending: Some(0.0), ..ranking },
+    }
 }
 
 fn full() -> Config {
@@ -142,6 +147,7 @@ fn ranking_json(r: &pb::Ranking) -> Value {
         ("diversity_lambda", r.diversity_lambda),
         ("explore_epsilon", r.explore_epsilon),
         ("feedback", r.feedback),
+        ("trending", r.trending),
     ];
     for (name, v) in floats {
         if let Some(v) = v {
@@ -816,17 +822,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_configuration_switches_exploration_off() {
+    fn every_configuration_switches_exploration_and_trending_off() {
         for c in [full(), popularity(), text_only(), behaviour_only()] {
             assert_eq!(c.ranking.explore_epsilon, Some(0.0), "{}", c.name);
+            assert_eq!(c.ranking.trending, Some(0.0), "{}", c.name);
         }
         assert_eq!(
             full().ranking,
-            pb::Ranking { explore_epsilon: Some(0.0), feedback: Some(0.0), ..Default::default() }
+            pb::Ranking { explore_epsilon: Some(0.0), feedback: Some(0.0), trending: Some(0.0), ..Default::default() }
         );
         assert_eq!(
             ranking_json(&text_only().ranking),
-            json!({"behaviour": 0.0, "popularity": 0.0, "explore_epsilon": 0.0, "feedback": 0.0})
+            json!({"behaviour": 0.0, "popularity": 0.0, "explore_epsilon": 0.0, "feedback": 0.0, "trending": 0.0})
         );
     }
 

@@ -11,6 +11,7 @@ mod load;
 mod output;
 mod progress;
 mod signals;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -335,9 +336,13 @@ enum Cmd {
     /// and execution provider, WAL and snapshot position. Also `status`.
     #[command(alias = "status")]
     Info,
-    /// Write a snapshot of every shard now and cut their write-ahead logs;
-    /// exits non-zero when any shard failed.
-    Snapshot,
+    /// Snapshots: `create` (the default) writes one on every shard replica
+    /// now, `list` shows what they keep, `restore` rolls a stopped shard's
+    /// data directory back to one (docs/RELIABILITY.md).
+    Snapshot {
+        #[command(subcommand)]
+        action: Option<snapshot::SnapshotCmd>,
+    },
     /// Learn behavioural signals (co-visitation neighbours, popularity) from
     /// every user's full sequence in a data set (items.tsv + sequences.txt),
     /// and write them as JSONL and/or upload them to the router (--addr).
@@ -587,25 +592,8 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", output::info_table(&r));
             }
         }
-        Cmd::Snapshot => {
-            let mut client = connect(&cli.addr).await?;
-            let r = client.create_snapshot(pb::CreateSnapshotRequest {}).await?.into_inner();
-            if cli.json {
-                let shards: Vec<_> = r
-                    .shards
-                    .iter()
-                    .map(|s| {
-                        serde_json::json!({"shard": s.shard, "seq": s.seq, "items": s.items, "users": s.users,
-                        "bytes": s.bytes, "elapsed_ms": s.elapsed_ms, "error": s.error})
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "shards": shards }))?);
-            } else {
-                println!("{}", output::snapshot_table(&r));
-            }
-            let failed: Vec<String> =
-                r.shards.iter().filter(|s| !s.error.is_empty()).map(|s| format!("shard {}", s.shard)).collect();
-            anyhow::ensure!(failed.is_empty(), "snapshot failed on {}", failed.join(", "));
+        Cmd::Snapshot { action } => {
+            snapshot::run(&cli.addr, cli.json, action.unwrap_or(snapshot::SnapshotCmd::Create)).await?
         }
         Cmd::Train(args) => train(&cli.addr, &args).await?,
         Cmd::Eval(args) => {

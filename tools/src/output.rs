@@ -23,6 +23,7 @@ pub fn response_json(r: &pb::SearchResponse) -> Value {
             "explanation": h.explanation.as_ref().map(|e| json!({
                 "source": e.source, "because_of": e.because_of, "content": e.content, "behaviour": e.behaviour,
                 "popularity": e.popularity, "freshness": e.freshness, "rules": e.rules, "feedback": e.feedback,
+                "trending": e.trending,
             })),
         })).collect::<Vec<_>>(),
         "coverage": {"shards_asked": c.shards_asked, "shards_answered": c.shards_answered, "degraded": c.degraded},
@@ -52,8 +53,8 @@ pub fn hits_table(r: &pb::SearchResponse) -> String {
         ];
         if let Some(e) = h.explanation.as_ref() {
             row.push(Cell::new(format!(
-                "{} (content {:.2}, behaviour {:.2}, popularity {:.2}, rules {:.2}, feedback {:.2})",
-                e.source, e.content, e.behaviour, e.popularity, e.rules, e.feedback
+                "{} (content {:.2}, behaviour {:.2}, popularity {:.2}, trending {:.2}, rules {:.2}, feedback {:.2})",
+                e.source, e.content, e.behaviour, e.popularity, e.trending, e.rules, e.feedback
             )));
             row.push(Cell::new(&e.because_of));
         }

@@ -96,6 +96,13 @@ order: each shard's replicas together (ordinal = shard x replicas + replica).
 {{- end -}}
 
 {{- define "vitrine.checkValues" -}}
+{{- $otlp := .Values.tracing.otlpEndpoint -}}
+{{- if and (hasPrefix "https://" $otlp) (not .Values.tracing.caSecret) -}}
+{{- fail "tracing.otlpEndpoint https:// needs tracing.caSecret (a Secret with ca.crt, the collector's CA)" -}}
+{{- end -}}
+{{- if and .Values.tracing.caSecret (not (hasPrefix "https://" $otlp)) -}}
+{{- fail "tracing.caSecret is set but tracing.otlpEndpoint is not https://" -}}
+{{- end -}}
 {{- if and .Values.tls.enabled (not .Values.tls.existingSecret) -}}
 {{- fail "tls.enabled needs tls.existingSecret (a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt)" -}}
 {{- end -}}
@@ -168,6 +175,20 @@ seccompProfile:
 
 {{- define "vitrine.tlsMount" -}}
 - {name: tls, mountPath: /etc/vitrine/tls, readOnly: true}
+{{- end -}}
+
+{{/* The trace collector's CA (tracing.caSecret), for both workloads. */}}
+{{- define "vitrine.otlpCaMount" -}}
+- {name: otlp-ca, mountPath: /etc/vitrine/otlp, readOnly: true}
+{{- end -}}
+
+{{- define "vitrine.otlpCaVolume" -}}
+- name: otlp-ca
+  secret:
+    secretName: {{ .Values.tracing.caSecret }}
+    items:
+      - {key: ca.crt, path: ca.crt}
+    defaultMode: 288  # 0440: readable by fsGroup
 {{- end -}}
 
 {{- define "vitrine.tlsVolume" -}}

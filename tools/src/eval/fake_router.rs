@@ -174,4 +174,11 @@ impl Vitrine for FakeRouter {
     ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn list_snapshots(
+        &self,
+        _: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
