@@ -59,6 +59,11 @@ struct Args {
     /// Items `lg-0..N` that exist, for `recommend` histories (default: --seed-items).
     #[arg(long)]
     items: Option<usize>,
+    /// `search-text`: make every query text unique (a request number is
+    /// appended), so the shards' query cache never answers and every query
+    /// is embedded; without it the few phrases repeat and are cached.
+    #[arg(long)]
+    unique_text: bool,
 }
 
 fn read_vectors(path: &std::path::Path, dim: usize) -> anyhow::Result<Vec<Vec<f32>>> {
@@ -130,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
     let warmup_end = Instant::now() + Duration::from_secs(1);
     let end = warmup_end + Duration::from_secs(args.duration);
     let pace = (args.rate > 0).then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate as f64));
+    let sequence = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..args.concurrency {
         let mut client = VitrineClient::new(channel.clone());
@@ -139,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
         let k = args.k;
         let seeded = known_items;
         let queries = Arc::clone(&queries);
+        let (unique_text, sequence) = (args.unique_text, Arc::clone(&sequence));
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
@@ -165,10 +172,15 @@ async fn main() -> anyhow::Result<()> {
                         .await
                         .is_ok(),
                     Mode::SearchText => {
-                        let q = PHRASES[rng.random_range(0..PHRASES.len())];
+                        let phrase = PHRASES[rng.random_range(0..PHRASES.len())];
+                        let q = if unique_text {
+                            format!("{phrase} {}", sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                        } else {
+                            phrase.to_string()
+                        };
                         client
                             .search(pb::SearchRequest {
-                                query: Some(pb::search_request::Query::Text(q.into())),
+                                query: Some(pb::search_request::Query::Text(q)),
                                 k,
                                 ..Default::default()
                             })

@@ -1,7 +1,7 @@
 //! The text model through the shard's embedder: real vectors that behave.
 
 use vitrine_integration_tests::workspace_root;
-use vitrine_shard::embed::{default_model_paths, TextEmbedder, TextModelConfig};
+use vitrine_shard::embed::{default_model_paths, Device, EmbedError, Pooling, TextEmbedder, TextModelConfig};
 
 fn embedder() -> std::sync::Arc<TextEmbedder> {
     let (dir, lib) = default_model_paths(&workspace_root());
@@ -65,6 +65,62 @@ fn a_missing_library_or_model_is_an_error_not_a_panic() {
     assert!(err.to_string().contains("ONNX Runtime library"), "{err}");
     let err = TextEmbedder::load(&TextModelConfig::new("/nonexistent-model-dir", &lib)).unwrap_err();
     assert!(err.to_string().contains("model.onnx"), "{err}");
+}
+
+/// The device is resolved against the runtime library: the CPU build has no
+/// CUDA provider, so `cuda:0` is refused with the reason, and `auto` runs on
+/// the CPU and says so.
+#[test]
+fn devices_resolve_against_the_runtime_library() {
+    let (dir, lib) = default_model_paths(&workspace_root());
+    let cfg = |device| TextModelConfig { device, ..TextModelConfig::new(&dir, &lib) };
+    let err = TextEmbedder::load(&cfg(Device::Cuda(0))).unwrap_err();
+    assert!(matches!(err, EmbedError::Device { device: Device::Cuda(0), .. }), "{err}");
+    assert!(err.to_string().contains("no CUDA execution provider"), "{err}");
+    for device in [Device::Auto, Device::Cpu] {
+        let e = TextEmbedder::load(&cfg(device)).expect("CPU fallback");
+        assert_eq!(e.execution_provider(), "cpu", "{device}");
+    }
+}
+
+/// A shard process asked for a GPU the runtime cannot use stops at start-up
+/// with the reason, before it binds its port.
+#[test]
+fn a_shard_without_cuda_refuses_cuda_devices() {
+    let (dir, lib) = default_model_paths(&workspace_root());
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(vitrine_integration_tests::bin_dir().join("vitrine-shard"))
+        .args(["--listen", "127.0.0.1:0", "--device", "cuda:0"])
+        .arg("--model-dir")
+        .arg(&dir)
+        .arg("--ort-lib")
+        .arg(&lib)
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .expect("run vitrine-shard (cargo build --workspace --bins)");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("device cuda:0") && stderr.contains("no CUDA execution provider"), "{stderr}");
+}
+
+/// CLS pooling takes the first token: a different vector from the mean,
+/// still unit length, and independent of the padding a batch adds.
+#[test]
+fn cls_pooling_takes_the_first_token() {
+    let (dir, lib) = default_model_paths(&workspace_root());
+    let cls =
+        TextEmbedder::load(&TextModelConfig { pooling: Pooling::Cls, ..TextModelConfig::new(&dir, &lib) }).unwrap();
+    let mean = embedder();
+    let title = "Men's black leather Chelsea boots";
+    let (c, m) = (&cls.embed(&[title]).unwrap()[0], &mean.embed(&[title]).unwrap()[0]);
+    let norm = c.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+    let cos: f32 = c.iter().zip(m).map(|(a, b)| a * b).sum();
+    assert!(cos < 0.999, "CLS and mean pooling gave the same vector (cosine {cos})");
+    let batched = cls.embed(&[title, "A much longer title that makes the batch pad the short one a lot"]).unwrap();
+    let diff = c.iter().zip(&batched[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-4, "padding changed the CLS vector by {diff}");
 }
 
 mod batching {

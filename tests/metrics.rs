@@ -70,6 +70,7 @@ fn metrics_follow_real_calls() {
             "vitrine_embed_compute_seconds",
             "vitrine_embed_batch_size",
             "vitrine_embed_requests_total",
+            "vitrine_query_cache_total",
             "vitrine_index_items",
             "vitrine_index_tombstones",
             "vitrine_wal_bytes",
@@ -187,6 +188,26 @@ fn metrics_follow_real_calls() {
     assert!(ds("vitrine_embed_compute_seconds_count", &[]) >= 1.0);
     assert!(ds("vitrine_embed_batch_size_count", &[]) >= 1.0);
     assert!(ds("vitrine_embed_requests_total", &[("provider", "cpu")]) >= 1.0);
+
+    // The same query again, four times: the shards' query caches answer.
+    // Each shard embeds a text at most once (the first search cached it on
+    // at least one), so at most one more miss, and only misses run the model.
+    let ids = |r: &pb::SearchResponse| r.hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>();
+    for _ in 0..4 {
+        let again = rt.block_on(c.search(text_query(&items[0].title, 5))).expect("search").into_inner();
+        assert_eq!(ids(&again), ids(&r), "a cached query vector gives the same answer");
+    }
+    let s4b = Snapshot::take(&cluster);
+    let dc = |name: &str, labels: &[(&str, &str)]| s4b.shards(name, labels) - s4.shards(name, labels);
+    let (hits, misses) =
+        (dc("vitrine_query_cache_total", &[("result", "hit")]), dc("vitrine_query_cache_total", &[("result", "miss")]));
+    // One lookup per Embed call (a hedged call the router cancels early may
+    // end before its lookup).
+    let embeds = dc("vitrine_requests_total", &[("rpc", "Embed")]);
+    assert!(hits + misses >= 4.0 && hits + misses <= embeds, "{hits} + {misses} lookups, {embeds} Embed calls");
+    assert!(hits >= 3.0 && misses <= 1.0, "{hits} hits, {misses} misses");
+    assert_eq!(dc("vitrine_embed_requests_total", &[("provider", "cpu")]), misses, "only misses run the model");
+    let s4 = s4b;
 
     // A recommendation: one fan-out (the index search on the user vector)
     // and k served slots; none explored with the default ε = 0.

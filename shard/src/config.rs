@@ -127,6 +127,21 @@ pub struct ShardConfig {
     /// Drop a corrupt WAL record and everything after it instead of refusing to start.
     #[arg(long, env = "VITRINE_SHARD_REPAIR_WAL")]
     pub repair_wal: bool,
+    /// Where the text model runs: `cpu`, `cuda:N` (refuses to start when
+    /// the runtime library has no CUDA provider) or `auto` (CUDA when
+    /// available, else the CPU with a warning). ClusterInfo and the
+    /// `vitrine_embed_requests_total{provider}` metric say which runs.
+    #[arg(long, env = "VITRINE_SHARD_DEVICE", default_value = "cpu")]
+    pub device: crate::embed::Device,
+    /// How the text model's token vectors become one vector: `mean` over
+    /// the attention mask (sentence-transformers models such as MiniLM) or
+    /// the first token, `cls` (BERT-style models trained that way).
+    #[arg(long, env = "VITRINE_SHARD_POOLING", value_enum, default_value_t = crate::embed::Pooling::Mean)]
+    pub pooling: crate::embed::Pooling,
+    /// Recent query embeddings kept (least recently used evicted; about
+    /// 1.6 KB each at 384 dimensions); 0 turns the cache off.
+    #[arg(long, env = "VITRINE_SHARD_QUERY_CACHE_ENTRIES", default_value_t = 4096)]
+    pub query_cache_entries: usize,
     /// Events kept per user.
     #[arg(long, env = "VITRINE_SHARD_PROFILE_EVENTS", default_value_t = 200)]
     pub profile_events: usize,
@@ -241,5 +256,8 @@ mod tests {
             assert!(parse(&["--trending-half-life-hours", bad]).is_err(), "{bad}");
         }
         assert!(parse(&["--trending-half-life-hours", "0.5"]).is_ok());
+        assert_eq!(parse(&["--device", "cuda:1"]).unwrap().device, crate::embed::Device::Cuda(1));
+        assert!(parse(&["--device", "gpu"]).is_err());
+        assert!(parse(&["--pooling", "max"]).is_err());
     }
 }

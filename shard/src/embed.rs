@@ -2,13 +2,19 @@
 //! through ONNX Runtime, loaded at run time from a library path (`ort`'s
 //! `load-dynamic`), so nothing is downloaded at build time.
 //!
-//! Vectors are mean-pooled over the attention mask and L2-normalised, which
-//! is how sentence-transformers produces this model's sentence embeddings.
+//! Vectors are pooled over the attention mask (mean by default, which is how
+//! sentence-transformers produces this model's sentence embeddings; or the
+//! first, `[CLS]`, token) and L2-normalised: the index compares unit
+//! vectors by dot product.
+//!
+//! Sessions run on the execution provider [`Device`] names: the CPU, a CUDA
+//! GPU, or CUDA when the runtime library offers it and the CPU otherwise.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use ort::ep::{ExecutionProvider, ExecutionProviderDispatch, CUDA};
 use ort::session::Session;
 use ort::value::Tensor;
 use parking_lot::Mutex;
@@ -27,6 +33,59 @@ pub enum EmbedError {
     Tokenize(String),
     #[error("inference failed: {0}")]
     Inference(String),
+    #[error("device {device}: {reason}")]
+    Device { device: Device, reason: String },
+}
+
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// ONNX Runtime's CPU provider.
+    #[default]
+    Cpu,
+    /// CUDA when the runtime library has the CUDA provider and it registers;
+    /// otherwise the CPU, with a warning.
+    Auto,
+    /// CUDA on this GPU, or refuse to start: a GPU deployment silently
+    /// running on the CPU would be slower by an order of magnitude.
+    Cuda(u32),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Auto => f.write_str("auto"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "auto" => Ok(Device::Auto),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("{s:?} is not a device; use cpu, auto, cuda or cuda:N")),
+        }
+    }
+}
+
+/// How token vectors become one text vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Pooling {
+    /// Mean over the tokens the attention mask keeps (sentence-transformers).
+    #[default]
+    Mean,
+    /// The first token's vector (`[CLS]`), as BERT classification heads use.
+    Cls,
 }
 
 /// Where the text model lives and how to run it.
@@ -48,6 +107,9 @@ pub struct TextModelConfig {
     /// Texts per inference call. Beyond ~32 short titles throughput on CPU
     /// stops improving (FIELD-NOTES §2) while latency keeps growing.
     pub max_batch: usize,
+    /// Where inference runs.
+    pub device: Device,
+    pub pooling: Pooling,
 }
 
 impl TextModelConfig {
@@ -61,13 +123,46 @@ impl TextModelConfig {
             intra_threads: 1,
             max_tokens: 256,
             max_batch: 32,
+            device: Device::Cpu,
+            pooling: Pooling::Mean,
         }
     }
 }
 
-/// The ONNX Runtime execution provider sessions are built with: the default
-/// CPU one (the shipped runtime library has no other).
-const EXECUTION_PROVIDER: &str = "cpu";
+/// Resolves `device` against the loaded runtime library: the execution
+/// providers to register (with failure an error) and the provider's name
+/// as reported in ClusterInfo and metrics.
+fn providers(device: Device, library: &Path) -> Result<(Vec<ExecutionProviderDispatch>, String), EmbedError> {
+    let cuda_available = || {
+        <CUDA as ExecutionProvider>::is_available()
+            .map_err(|e| EmbedError::Device { device, reason: format!("cannot list execution providers: {e}") })
+    };
+    match device {
+        Device::Cpu => Ok((Vec::new(), "cpu".into())),
+        Device::Cuda(n) => {
+            if !cuda_available()? {
+                return Err(EmbedError::Device {
+                    device,
+                    reason: format!(
+                        "the ONNX Runtime library {} has no CUDA execution provider (a GPU build such as the \
+                         onnxruntime-gpu wheel has); use --device cpu or auto",
+                        library.display()
+                    ),
+                });
+            }
+            Ok((vec![CUDA::default().with_device_id(n as i32).build().error_on_failure()], format!("cuda:{n}")))
+        }
+        Device::Auto => {
+            if cuda_available()? {
+                Ok((vec![CUDA::default().build().error_on_failure()], "cuda:0".into()))
+            } else {
+                tracing::warn!(library = %library.display(),
+                    "--device auto: this ONNX Runtime library has no CUDA execution provider; running on the CPU");
+                Ok((Vec::new(), "cpu".into()))
+            }
+        }
+    }
+}
 
 /// ONNX Runtime allows one environment per process, bound to the library it
 /// was loaded from; every model shares it.
@@ -97,6 +192,9 @@ pub struct TextEmbedder {
     name: String,
     takes_token_type_ids: bool,
     max_batch: usize,
+    pooling: Pooling,
+    /// The execution provider the sessions run on (`cpu`, `cuda:0`).
+    provider: String,
     /// `vitrine_embed_requests_total{provider}` of this model's provider.
     requests: prometheus::IntCounter,
 }
@@ -123,9 +221,11 @@ impl TextEmbedder {
         if !model_path.is_file() {
             return Err(model_err("file not found (run scripts/fetch-models.sh)".into()));
         }
+        let (eps, provider) = providers(cfg.device, &cfg.ort_library)?;
         let mut sessions = Vec::with_capacity(cfg.sessions.max(1));
         for _ in 0..cfg.sessions.max(1) {
             let session = Session::builder(&env)
+                .and_then(|b| Ok(b.with_execution_providers(&eps)?))
                 .and_then(|b| Ok(b.with_intra_threads(cfg.intra_threads.max(1))?))
                 // Spinning threads would steal the cores HNSW searches need.
                 .and_then(|b| Ok(b.with_intra_op_spinning(false)?))
@@ -158,12 +258,15 @@ impl TextEmbedder {
             name: cfg.name.clone(),
             takes_token_type_ids,
             max_batch: cfg.max_batch.max(1),
-            requests: crate::metrics::get().embed_requests.with_label_values(&[EXECUTION_PROVIDER]),
+            pooling: cfg.pooling,
+            requests: crate::metrics::get().embed_requests.with_label_values(&[provider.as_str()]),
+            provider,
         };
         let probe = embedder.embed_chunk(&["probe"]).map_err(|e| model_err(format!("probe inference failed: {e}")))?;
         embedder.dimension = probe[0].len();
         tracing::info!(model = %embedder.name, dimension = embedder.dimension, sessions = embedder.sessions.len(),
-            intra_threads = cfg.intra_threads, provider = EXECUTION_PROVIDER, "text model loaded");
+            intra_threads = cfg.intra_threads, provider = %embedder.provider, pooling = ?embedder.pooling,
+            "text model loaded");
         Ok(Arc::new(embedder))
     }
 
@@ -177,9 +280,9 @@ impl TextEmbedder {
         &self.name
     }
 
-    /// The execution provider in use.
-    pub fn execution_provider(&self) -> &'static str {
-        EXECUTION_PROVIDER
+    /// The execution provider in use (`cpu`, `cuda:N`).
+    pub fn execution_provider(&self) -> &str {
+        &self.provider
     }
 
     /// Embeds texts; returns one unit vector per text, in order. Texts are
@@ -240,12 +343,20 @@ impl TextEmbedder {
         }
         let dim = out_shape[2] as usize;
         Ok((0..batch)
-            .map(|b| mean_pool(&hidden[b * seq * dim..(b + 1) * seq * dim], &mask[b * seq..(b + 1) * seq], dim))
+            .map(|b| {
+                let tokens = &hidden[b * seq * dim..(b + 1) * seq * dim];
+                let mut v = match self.pooling {
+                    Pooling::Mean => mean_pool(tokens, &mask[b * seq..(b + 1) * seq], dim),
+                    Pooling::Cls => tokens[..dim].to_vec(),
+                };
+                normalize(&mut v);
+                v
+            })
             .collect())
     }
 }
 
-/// Mean over the tokens the attention mask keeps, then L2 normalisation.
+/// Mean over the tokens the attention mask keeps (not normalised).
 pub fn mean_pool(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
     let mut v = vec![0f32; dim];
     let mut n = 0f32;
@@ -260,7 +371,6 @@ pub fn mean_pool(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
     if n > 0.0 {
         v.iter_mut().for_each(|x| *x /= n);
     }
-    normalize(&mut v);
     v
 }
 
@@ -285,7 +395,22 @@ mod tests {
     #[test]
     fn mean_pool_ignores_masked_tokens() {
         // Two tokens of dim 2; the second is padding.
-        let v = mean_pool(&[3.0, 4.0, 100.0, 100.0], &[1, 0], 2);
+        let mut v = mean_pool(&[3.0, 4.0, 100.0, 100.0], &[1, 0], 2);
+        assert_eq!(v, [3.0, 4.0]);
+        normalize(&mut v);
         assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+        assert_eq!(mean_pool(&[1.0, 3.0, 3.0, 5.0], &[1, 1], 2), [2.0, 4.0]);
+    }
+
+    #[test]
+    fn devices_parse_and_print() {
+        for (text, device) in [("cpu", Device::Cpu), ("auto", Device::Auto), ("cuda:3", Device::Cuda(3))] {
+            assert_eq!(text.parse::<Device>(), Ok(device));
+            assert_eq!(device.to_string(), text);
+        }
+        assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda(0)));
+        for bad in ["gpu", "cuda:", "cuda:-1", "cuda:x", "CPU", ""] {
+            assert!(bad.parse::<Device>().is_err(), "{bad}");
+        }
     }
 }

@@ -24,6 +24,7 @@ pub mod flat;
 pub mod index;
 pub mod metrics;
 pub mod profiles;
+pub mod query_cache;
 pub mod replica;
 pub mod restore;
 pub mod service;
@@ -78,6 +79,8 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         let mut model = TextModelConfig::new(&config.model_dir, &config.ort_lib);
         model.sessions = config.embed_sessions;
         model.intra_threads = config.intra_threads;
+        model.device = config.device;
+        model.pooling = config.pooling;
         Some(TextEmbedder::load(&model).context("loading the text model")?)
     };
     let dimension = match (&embedder, config.dimension) {
@@ -142,6 +145,7 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     let state = Arc::new(ShardState {
         shard_id: config.shard_id,
         batcher,
+        query_cache: query_cache::QueryCache::new(config.query_cache_entries),
         catalog,
         profiles: profiles::Profiles::new(
             config.profile_events,

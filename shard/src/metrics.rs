@@ -35,6 +35,8 @@ pub(crate) struct ShardMetrics {
     pub embed_batch_size: Histogram,
     /// Texts embedded (queries and item texts), by execution provider.
     pub embed_requests: IntCounterVec,
+    /// Query embedding cache lookups, by result (`hit`, `miss`).
+    pub query_cache: IntCounterVec,
     /// Live items in the index (set on scrape).
     pub index_items: IntGauge,
     /// Deleted or replaced items still in the graph (set on scrape).
@@ -76,6 +78,11 @@ static METRICS: LazyLock<ShardMetrics> = LazyLock::new(|| ShardMetrics {
         "vitrine_embed_requests_total",
         "Texts embedded by the model (queries and items), by ONNX Runtime execution provider",
         &["provider"],
+    ),
+    query_cache: vitrine_metrics::counter_vec(
+        "vitrine_query_cache_total",
+        "Query embedding cache lookups, by result (hit, miss)",
+        &["result"],
     ),
     index_items: vitrine_metrics::gauge("vitrine_index_items", "Live items in this shard's index"),
     index_tombstones: vitrine_metrics::gauge(

@@ -35,6 +35,8 @@ pub struct ShardState {
     pub embedder: Option<Arc<TextEmbedder>>,
     /// Batches query embeddings (present when there is a text model).
     pub batcher: Option<Batcher>,
+    /// Recent query embeddings of the text model.
+    pub query_cache: crate::query_cache::QueryCache,
     pub limits: Limits,
     /// Replica number within the shard (reported in Info).
     pub replica: u32,
@@ -372,11 +374,18 @@ impl pb::shard_server::Shard for ShardService {
                     let batcher = self.state.batcher.as_ref().ok_or_else(|| {
                         Status::failed_precondition("this shard runs without a text model; search by vector")
                     })?;
-                    let v = batcher.embed(text, deadline).await.map_err(|e| match e {
-                        BatchError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
-                        BatchError::DeadlineExpired(_) => Status::deadline_exceeded(e.to_string()),
-                        BatchError::Embed(_) => Status::internal(e.to_string()),
-                    })?;
+                    let v = match self.state.query_cache.get(&text) {
+                        Some(v) => Vec::clone(&v),
+                        None => {
+                            let v = batcher.embed(text.clone(), deadline).await.map_err(|e| match e {
+                                BatchError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
+                                BatchError::DeadlineExpired(_) => Status::deadline_exceeded(e.to_string()),
+                                BatchError::Embed(_) => Status::internal(e.to_string()),
+                            })?;
+                            self.state.query_cache.put(text, Arc::new(v.clone()));
+                            v
+                        }
+                    };
                     Ok(Response::new(pb::EmbedResponse {
                         vector: Some(pb::Vector { values: v }),
                         model: self.state.model_name(),

@@ -297,6 +297,12 @@ def test_configmap_carries_settings(default_objs):
     assert cm["VITRINE_SHARD_FSYNC"] == "group"
     assert cm["VITRINE_LOG_JSON"] == "true"
     assert cm["VITRINE_SHARD_SNAPSHOTS_KEEP"] == "2"
+    # The text model runs on the CPU unless GPUs are asked for; then CUDA
+    # when the runtime has it (auto), or exactly what shard.device says.
+    assert cm["VITRINE_SHARD_DEVICE"] == "cpu"
+    gpu_cm = lambda values: one(chartlib.render(values), "ConfigMap", f"{R}-config")["data"]  # noqa: E731
+    assert gpu_cm({"shard": {"gpu": {"enabled": True}}})["VITRINE_SHARD_DEVICE"] == "auto"
+    assert gpu_cm({"shard": {"gpu": {"enabled": True}, "device": "cuda:1"}})["VITRINE_SHARD_DEVICE"] == "cuda:1"
     # No collector configured: no trace export, not even an empty variable.
     assert not any(k.startswith("VITRINE_OTLP_") for k in cm)
     objs = chartlib.render({"shard": {"fsync": "always", "fsyncGroupMs": 5, "snapshotWalBytes": 0, "drainMs": 0},

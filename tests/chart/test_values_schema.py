@@ -118,6 +118,8 @@ BAD_VALUES = [
     {"router": {"writeConsistency": "most"}},
     {"router": {"hedgeMs": -1}},
     {"shard": {"fsync": "sometimes"}},
+    {"shard": {"device": "gpu"}},
+    {"shard": {"device": "cuda:x"}},
     {"shard": {"gpu": {"enabled": "yes"}}},
     {"shard": {"gpu": {"count": 0}}},
     {"shard": {"persistence": {"size": "lots"}}},

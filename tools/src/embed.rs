@@ -52,6 +52,13 @@ pub struct EmbedArgs {
     /// Inference threads [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where the model runs: cpu, cuda:N or auto (the shard's --device), so
+    /// a GPU batch machine can embed for a CPU cluster.
+    #[arg(long, default_value = "cpu")]
+    pub device: vitrine_shard::embed::Device,
+    /// Pooling of token vectors; must match the shards' --pooling.
+    #[arg(long, value_enum, default_value_t = vitrine_shard::embed::Pooling::Mean)]
+    pub pooling: vitrine_shard::embed::Pooling,
 }
 
 /// Output kinds, by extension.
@@ -240,7 +247,12 @@ pub fn run(args: &EmbedArgs) -> anyhow::Result<()> {
         bail!(".npy input already holds vectors; there is nothing to embed");
     }
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let cfg = TextModelConfig { intra_threads: threads, ..TextModelConfig::new(&args.model_dir, &args.ort_lib) };
+    let cfg = TextModelConfig {
+        intra_threads: threads,
+        device: args.device,
+        pooling: args.pooling,
+        ..TextModelConfig::new(&args.model_dir, &args.ort_lib)
+    };
     let model = TextEmbedder::load(&cfg).context("loading the text model")?;
     eprintln!(
         "embedding {} with {} ({} dimensions, {threads} threads)",
