@@ -10,10 +10,12 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{ensure, Context, Result};
 use libtest_mimic::{Arguments, Trial};
+use tonic::transport::Channel;
 use tonic::Code;
 use vitrine_integration_tests::{connect, load, products, Cluster, Options};
 use vitrine_proto::filter::build;
 use vitrine_proto::pb;
+use vitrine_proto::pb::vitrine_client::VitrineClient;
 
 struct Ctx {
     cluster: Mutex<Cluster>,
@@ -124,11 +126,21 @@ async fn cold_users_get_popular_items(ctx: &Ctx) -> Result<()> {
     ensure!(ids(&r) == want, "cold user got {:?}, want {want:?}", ids(&r));
     ensure!(r.hits.iter().all(|h| h.explanation.as_ref().is_some_and(|e| e.source == "popular")));
     // The filter holds for popular items too.
-    let cat = category(ctx, &popular[1].id).to_string();
+    filter_holds_for_cold_users(ctx, &mut c, "cold-user", &popular[1].id).await
+}
+
+/// A cold user's recommendations without `excluded`'s category hold none of it.
+async fn filter_holds_for_cold_users(
+    ctx: &Ctx,
+    c: &mut VitrineClient<Channel>,
+    user: &str,
+    excluded: &str,
+) -> Result<()> {
+    let cat = category(ctx, excluded).to_string();
     let r = c
         .recommend(pb::RecommendRequest {
-            user_id: "cold-user".into(),
-            k: 3,
+            user_id: user.into(),
+            k: 5,
             filter: Some(build::not(build::matches("category", &[&cat]))),
             ..Default::default()
         })
@@ -212,18 +224,7 @@ async fn trending_items_reach_cold_users(ctx: &Ctx) -> Result<()> {
     ensure!((terms[2] - 240.0 / 1024.0 / 80.0).abs() < 1e-3, "old term {terms:?}");
 
     // Filters hold for trending items.
-    let cat = category(ctx, &hot.id).to_string();
-    let r = c
-        .recommend(pb::RecommendRequest {
-            user_id: "new-visitor".into(),
-            k: 5,
-            filter: Some(build::not(build::matches("category", &[&cat]))),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    ensure!(!r.hits.is_empty() && r.hits.iter().all(|h| category(ctx, &h.id) != cat), "{:?}", ids(&r));
-    Ok(())
+    filter_holds_for_cold_users(ctx, &mut c, "new-visitor", &hot.id).await
 }
 
 /// Rules bury and boost by attribute; candidate lists are re-ranked as given.

@@ -151,6 +151,18 @@ impl TraceService for Collector {
     }
 }
 
+/// A vectors-only cluster of `shards` whose router and shards all get the
+/// export flags `otlp` and send their spans within 100 ms instead of 5 s.
+fn exporting(shards: usize, otlp: &[&str]) -> Options {
+    let mut opts = Options::shards(shards).vectors_only(DIM);
+    opts.router_args.extend(otlp.iter().map(|a| a.to_string()));
+    opts.shard_args.extend(otlp.iter().map(|a| a.to_string()));
+    let quick = vec![("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string())];
+    opts.router_env = quick.clone();
+    opts.shard_env = quick;
+    opts
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
 }
@@ -191,15 +203,7 @@ fn one_trace_spans_router_and_shards() {
     let rt = runtime();
     let collector = Collector::default();
     let endpoint = collector.serve(&rt);
-    let mut opts = Options::shards(2).vectors_only(DIM);
-    let otlp = ["--otlp-endpoint".to_string(), endpoint];
-    opts.router_args.extend(otlp.iter().cloned());
-    opts.shard_args.extend(otlp.iter().cloned());
-    // Export within 100 ms instead of 5 s.
-    let quick = vec![("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string())];
-    opts.router_env = quick.clone();
-    opts.shard_env = quick;
-    let cluster = Cluster::start(opts);
+    let cluster = Cluster::start(exporting(2, &["--otlp-endpoint", &endpoint]));
 
     let mut c = rt.block_on(connect(&cluster.url())).expect("connect");
     rt.block_on(c.upsert_items(pb::UpsertItemsRequest { items: items(), ..Default::default() })).expect("upsert");
@@ -270,14 +274,8 @@ fn spans_reach_a_tls_collector() {
     let collector = Collector::default();
     let endpoint = collector.serve_with(&rt, Some(identity));
     assert!(endpoint.starts_with("https://"));
-    let mut opts = Options::shards(1).vectors_only(DIM);
-    let otlp = ["--otlp-endpoint".to_string(), endpoint, "--otlp-ca".to_string(), ca.pem.display().to_string()];
-    opts.router_args.extend(otlp.iter().cloned());
-    opts.shard_args.extend(otlp.iter().cloned());
-    let quick = vec![("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string())];
-    opts.router_env = quick.clone();
-    opts.shard_env = quick;
-    let cluster = Cluster::start(opts);
+    let ca_pem = ca.pem.display().to_string();
+    let cluster = Cluster::start(exporting(1, &["--otlp-endpoint", &endpoint, "--otlp-ca", &ca_pem]));
     let mut c = rt.block_on(connect(&cluster.url())).expect("connect");
     rt.block_on(c.upsert_items(pb::UpsertItemsRequest { items: items(), ..Default::default() })).expect("upsert");
     rt.block_on(c.search(search(&[("x-request-id", "tls-export")]))).expect("search");

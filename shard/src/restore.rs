@@ -26,6 +26,8 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
+use vitrine_proto::pb;
+
 use crate::snapshot::{self, Manifest, OnDisk, SnapshotError};
 use crate::store::snapshot_dir;
 
@@ -111,10 +113,35 @@ pub struct Listed {
     pub manifest: Result<Manifest, SnapshotError>,
 }
 
+impl Listed {
+    /// As the `ListSnapshots` RPC reports it (`error` says why the manifest
+    /// or the data did not check out).
+    pub fn to_wire(&self) -> pb::StoredSnapshot {
+        let path = self.path.display().to_string();
+        match &self.manifest {
+            Ok(m) => pb::StoredSnapshot {
+                seq: m.seq,
+                created_unix_ms: m.created_unix_ms,
+                items: m.items,
+                users: m.users,
+                bytes: m.bytes,
+                path,
+                error: String::new(),
+            },
+            Err(e) => pb::StoredSnapshot { seq: self.seq, path, error: e.to_string(), ..Default::default() },
+        }
+    }
+}
+
 /// The snapshots a data directory keeps, newest first; `verify` also checks
 /// each one's data (reads it whole).
 pub fn list(data_dir: &Path, verify: bool) -> Result<Vec<Listed>, RestoreError> {
-    let kept = snapshot::list(&snapshot_dir(data_dir))?;
+    list_in(&snapshot_dir(data_dir), verify)
+}
+
+/// [`list`] for the snapshot directory itself (a running shard's).
+pub fn list_in(snapshots: &Path, verify: bool) -> Result<Vec<Listed>, RestoreError> {
+    let kept = snapshot::list(snapshots)?;
     Ok(kept
         .into_iter()
         .map(|s| {

@@ -550,31 +550,11 @@ impl pb::shard_server::Shard for ShardService {
     ) -> Result<Response<pb::ShardSnapshots>, Status> {
         let span = tracing::info_span!("shard.list_snapshots", shard = self.state.shard_id);
         let dir = self.state.snapshots.dir().to_path_buf();
-        let listed = blocking(move || {
-            crate::snapshot::list(&dir)
-                .map(|kept| kept.into_iter().map(|s| (crate::snapshot::read_manifest(&s), s)).collect::<Vec<_>>())
-        })
-        .instrument(span)
-        .await?
-        .map_err(|e| Status::internal(format!("listing snapshots: {e}")))?;
-        let snapshots = listed
-            .into_iter()
-            .map(|(manifest, s)| {
-                let path = s.path.display().to_string();
-                match manifest {
-                    Ok(m) => pb::StoredSnapshot {
-                        seq: m.seq,
-                        created_unix_ms: m.created_unix_ms,
-                        items: m.items,
-                        users: m.users,
-                        bytes: m.bytes,
-                        path,
-                        error: String::new(),
-                    },
-                    Err(e) => pb::StoredSnapshot { seq: s.seq, path, error: e.to_string(), ..Default::default() },
-                }
-            })
-            .collect();
+        let listed = blocking(move || crate::restore::list_in(&dir, false))
+            .instrument(span)
+            .await?
+            .map_err(|e| Status::internal(format!("listing snapshots: {e}")))?;
+        let snapshots = listed.iter().map(crate::restore::Listed::to_wire).collect();
         Ok(Response::new(pb::ShardSnapshots {
             shard: self.state.shard_id,
             replica: self.state.replica,

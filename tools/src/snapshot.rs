@@ -101,14 +101,16 @@ async fn create(addr: &str, json: bool) -> anyhow::Result<()> {
     } else {
         println!("{}", output::snapshot_table(&r));
     }
-    let failed: Vec<String> = r
-        .shards
-        .iter()
-        .filter(|s| !s.error.is_empty())
-        .map(|s| format!("shard {} replica {}", s.shard, s.replica))
-        .collect();
-    anyhow::ensure!(failed.is_empty(), "snapshot failed on {}", failed.join(", "));
+    let failed = failed(r.shards.iter().map(|s| (s.shard, s.replica, s.error.as_str())));
+    anyhow::ensure!(failed.is_empty(), "snapshot failed on {failed}");
     Ok(())
+}
+
+/// "shard S replica R, …" for each (shard, replica, error) with an error.
+fn failed<'a>(replicas: impl Iterator<Item = (u32, u32, &'a str)>) -> String {
+    let failed: Vec<String> =
+        replicas.filter(|(_, _, e)| !e.is_empty()).map(|(s, r, _)| format!("shard {s} replica {r}")).collect();
+    failed.join(", ")
 }
 
 fn snapshot_json(s: &pb::StoredSnapshot) -> serde_json::Value {
@@ -162,36 +164,14 @@ async fn list_cluster(addr: &str, json: bool) -> anyhow::Result<()> {
         }
         println!("{}", table(rows));
     }
-    let failed: Vec<String> = r
-        .shards
-        .iter()
-        .filter(|s| !s.error.is_empty())
-        .map(|s| format!("shard {} replica {}", s.shard, s.replica))
-        .collect();
-    anyhow::ensure!(failed.is_empty(), "could not list {}", failed.join(", "));
+    let failed = failed(r.shards.iter().map(|s| (s.shard, s.replica, s.error.as_str())));
+    anyhow::ensure!(failed.is_empty(), "could not list {failed}");
     Ok(())
 }
 
 fn list_dir(dir: &std::path::Path, verify: bool, json: bool) -> anyhow::Result<()> {
     let listed = restore::list(dir, verify).with_context(|| format!("listing {}", dir.display()))?;
-    let rows: Vec<pb::StoredSnapshot> = listed
-        .into_iter()
-        .map(|l| {
-            let path = l.path.display().to_string();
-            match l.manifest {
-                Ok(m) => pb::StoredSnapshot {
-                    seq: m.seq,
-                    created_unix_ms: m.created_unix_ms,
-                    items: m.items,
-                    users: m.users,
-                    bytes: m.bytes,
-                    path,
-                    error: String::new(),
-                },
-                Err(e) => pb::StoredSnapshot { seq: l.seq, path, error: e.to_string(), ..Default::default() },
-            }
-        })
-        .collect();
+    let rows: Vec<pb::StoredSnapshot> = listed.iter().map(restore::Listed::to_wire).collect();
     let bad = rows.iter().filter(|r| !r.error.is_empty()).count();
     if json {
         println!(
