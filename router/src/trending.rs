@@ -8,15 +8,18 @@
 //!
 //! The list changes slowly next to request rates, so one fan-out refreshes
 //! it for every request of the next [`RouterSettings::trending_refresh`]
-//! (crate::service::RouterSettings): callers arriving while a refresh runs
-//! wait for it instead of fanning out again, and when a refresh fails the
-//! previous list keeps serving (trending is a ranking signal, not an answer
-//! a request should fail for).
+//! (crate::service::RouterSettings). Only one refresh runs at a time, and
+//! nobody queues behind it: while it runs, callers take the previous list
+//! (only the very first callers, with no list yet, wait for it, and never
+//! past their own deadline). A failed refresh keeps the previous list for
+//! another interval: trending is a ranking signal, not an answer a request
+//! should fail for.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::RwLock;
 use tonic::Request;
 use vitrine_proto::pb;
 
@@ -29,7 +32,9 @@ pub type TrendingList = Arc<Vec<(String, f32)>>;
 /// The last fetched list and when it was fetched.
 pub struct TrendingCache {
     refresh: Duration,
-    last: tokio::sync::Mutex<Option<(Instant, TrendingList)>>,
+    current: RwLock<Option<(Instant, TrendingList)>>,
+    /// Held while a refresh runs.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl TrendingCache {
@@ -37,17 +42,41 @@ impl TrendingCache {
     pub const DEPTH: u32 = 200;
 
     pub fn new(refresh: Duration) -> Self {
-        Self { refresh, last: tokio::sync::Mutex::new(None) }
+        Self { refresh, current: RwLock::new(None), refreshing: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The list if it is younger than the refresh interval (`fresh`), or
+    /// whatever list there is.
+    fn cached(&self, fresh: bool) -> Option<TrendingList> {
+        let current = self.current.read();
+        let (at, list) = current.as_ref()?;
+        (!fresh || at.elapsed() < self.refresh).then(|| Arc::clone(list))
     }
 
     /// The current list: cached when younger than the refresh interval,
-    /// otherwise fetched from the shards within `deadline`.
+    /// otherwise refreshed from the shards within `deadline` (see the module
+    /// documentation for callers that arrive during a refresh).
     pub async fn get(&self, shards: &Shards, deadline: Deadline) -> TrendingList {
-        let mut last = self.last.lock().await;
-        if let Some((at, list)) = last.as_ref() {
-            if at.elapsed() < self.refresh {
-                return Arc::clone(list);
+        if let Some(list) = self.cached(true) {
+            return list;
+        }
+        let _refreshing = match self.refreshing.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                if let Some(stale) = self.cached(false) {
+                    return stale;
+                }
+                // No list yet: wait for the first refresh, within the deadline.
+                let waited = tokio::time::timeout(deadline.remaining(), self.refreshing.lock()).await;
+                match waited {
+                    Ok(guard) => guard,
+                    Err(_) => return TrendingList::default(),
+                }
             }
+        };
+        // Someone may have refreshed while this caller waited.
+        if let Some(list) = self.cached(true) {
+            return list;
         }
         let req = pb::ShardTrendingRequest { k: Self::DEPTH };
         let fetched = shards
@@ -60,12 +89,17 @@ impl TrendingCache {
         match fetched {
             Ok(g) => {
                 let list = Arc::new(sum(g.answers.into_iter().map(|(_, r)| r.items), Self::DEPTH as usize));
-                *last = Some((Instant::now(), Arc::clone(&list)));
+                *self.current.write() = Some((Instant::now(), Arc::clone(&list)));
                 list
             }
             Err(e) => {
                 tracing::warn!(code = ?e.code(), error = e.message(), "trending refresh failed; serving the last list");
-                last.as_ref().map(|(_, l)| Arc::clone(l)).unwrap_or_default()
+                // Try again after another interval, not on the next request.
+                let mut current = self.current.write();
+                if let Some((at, _)) = current.as_mut() {
+                    *at = Instant::now();
+                }
+                current.as_ref().map(|(_, list)| Arc::clone(list)).unwrap_or_default()
             }
         }
     }
@@ -95,6 +129,19 @@ mod tests {
 
     fn t(id: &str, score: f64) -> pb::TrendingItem {
         pb::TrendingItem { id: id.into(), score }
+    }
+
+    #[test]
+    fn fresh_and_stale_lists() {
+        let list: TrendingList = Arc::new(vec![("a".to_string(), 1.0)]);
+        let never_fresh = TrendingCache::new(Duration::ZERO);
+        assert!(never_fresh.cached(false).is_none(), "nothing fetched yet");
+        *never_fresh.current.write() = Some((Instant::now(), Arc::clone(&list)));
+        assert!(never_fresh.cached(true).is_none(), "older than a zero interval");
+        assert_eq!(never_fresh.cached(false), Some(Arc::clone(&list)), "but served while a refresh runs");
+        let long = TrendingCache::new(Duration::from_secs(3600));
+        *long.current.write() = Some((Instant::now(), Arc::clone(&list)));
+        assert_eq!(long.cached(true), Some(list));
     }
 
     #[test]
