@@ -128,8 +128,8 @@ pub struct ShardConfig {
     #[arg(long, env = "VITRINE_SHARD_REPAIR_WAL")]
     pub repair_wal: bool,
     /// Where the text model runs: `cpu`, `cuda:N` (refuses to start when
-    /// the runtime library has no CUDA provider) or `auto` (CUDA when
-    /// available, else the CPU with a warning). ClusterInfo and the
+    /// the runtime library has no CUDA provider or it fails to register) or
+    /// `auto` (CUDA when it registers, else the CPU with a warning). ClusterInfo and the
     /// `vitrine_embed_requests_total{provider}` metric say which runs.
     #[arg(long, env = "VITRINE_SHARD_DEVICE", default_value = "cpu")]
     pub device: crate::embed::Device,

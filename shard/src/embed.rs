@@ -44,7 +44,7 @@ pub enum Device {
     #[default]
     Cpu,
     /// CUDA when the runtime library has the CUDA provider and it registers;
-    /// otherwise the CPU, with a warning.
+    /// otherwise the CPU, with a warning (tried in that order at load).
     Auto,
     /// CUDA on this GPU, or refuse to start: a GPU deployment silently
     /// running on the CPU would be slower by an order of magnitude.
@@ -129,16 +129,22 @@ impl TextModelConfig {
     }
 }
 
-/// Resolves `device` against the loaded runtime library: the execution
-/// providers to register (with failure an error) and the provider's name
-/// as reported in ClusterInfo and metrics.
-fn providers(device: Device, library: &Path) -> Result<(Vec<ExecutionProviderDispatch>, String), EmbedError> {
+/// One way to build the sessions: the execution providers to register
+/// (failing to register is an error) and the provider's name as reported in
+/// ClusterInfo and metrics.
+type Candidate = (Vec<ExecutionProviderDispatch>, String);
+
+/// Resolves `device` against the loaded runtime library into the ways to
+/// try, in order: `auto` tries CUDA and then the CPU, so a GPU build on a
+/// host whose CUDA libraries fail to load still starts, on the CPU.
+fn providers(device: Device, library: &Path) -> Result<Vec<Candidate>, EmbedError> {
     let cuda_available = || {
         <CUDA as ExecutionProvider>::is_available()
             .map_err(|e| EmbedError::Device { device, reason: format!("cannot list execution providers: {e}") })
     };
+    let cpu = || (Vec::new(), "cpu".to_string());
     match device {
-        Device::Cpu => Ok((Vec::new(), "cpu".into())),
+        Device::Cpu => Ok(vec![cpu()]),
         Device::Cuda(n) => {
             if !cuda_available()? {
                 return Err(EmbedError::Device {
@@ -150,15 +156,17 @@ fn providers(device: Device, library: &Path) -> Result<(Vec<ExecutionProviderDis
                     ),
                 });
             }
-            Ok((vec![CUDA::default().with_device_id(n as i32).build().error_on_failure()], format!("cuda:{n}")))
+            let id = i32::try_from(n)
+                .map_err(|_| EmbedError::Device { device, reason: "the GPU number is out of range".into() })?;
+            Ok(vec![(vec![CUDA::default().with_device_id(id).build().error_on_failure()], format!("cuda:{n}"))])
         }
         Device::Auto => {
             if cuda_available()? {
-                Ok((vec![CUDA::default().build().error_on_failure()], "cuda:0".into()))
+                Ok(vec![(vec![CUDA::default().build().error_on_failure()], "cuda:0".into()), cpu()])
             } else {
                 tracing::warn!(library = %library.display(),
                     "--device auto: this ONNX Runtime library has no CUDA execution provider; running on the CPU");
-                Ok((Vec::new(), "cpu".into()))
+                Ok(vec![cpu()])
             }
         }
     }
@@ -221,19 +229,35 @@ impl TextEmbedder {
         if !model_path.is_file() {
             return Err(model_err("file not found (run scripts/fetch-models.sh)".into()));
         }
-        let (eps, provider) = providers(cfg.device, &cfg.ort_library)?;
-        let mut sessions = Vec::with_capacity(cfg.sessions.max(1));
-        for _ in 0..cfg.sessions.max(1) {
-            let session = Session::builder(&env)
-                .and_then(|b| Ok(b.with_execution_providers(&eps)?))
-                .and_then(|b| Ok(b.with_intra_threads(cfg.intra_threads.max(1))?))
-                // Spinning threads would steal the cores HNSW searches need.
-                .and_then(|b| Ok(b.with_intra_op_spinning(false)?))
-                .and_then(|b| Ok(b.with_inter_op_spinning(false)?))
-                .and_then(|mut b| b.commit_from_file(&model_path))
-                .map_err(|e| model_err(e.to_string()))?;
-            sessions.push(Mutex::new(session));
-        }
+        let build = |eps: &[ExecutionProviderDispatch]| -> Result<Vec<Mutex<Session>>, EmbedError> {
+            let mut sessions = Vec::with_capacity(cfg.sessions.max(1));
+            for _ in 0..cfg.sessions.max(1) {
+                let session = Session::builder(&env)
+                    .and_then(|b| Ok(b.with_execution_providers(eps)?))
+                    .and_then(|b| Ok(b.with_intra_threads(cfg.intra_threads.max(1))?))
+                    // Spinning threads would steal the cores HNSW searches need.
+                    .and_then(|b| Ok(b.with_intra_op_spinning(false)?))
+                    .and_then(|b| Ok(b.with_inter_op_spinning(false)?))
+                    .and_then(|mut b| b.commit_from_file(&model_path))
+                    .map_err(|e| model_err(e.to_string()))?;
+                sessions.push(Mutex::new(session));
+            }
+            Ok(sessions)
+        };
+        let mut candidates = providers(cfg.device, &cfg.ort_library)?.into_iter().peekable();
+        let (sessions, provider) = loop {
+            let Some((eps, provider)) = candidates.next() else {
+                return Err(model_err("no execution provider to run on".into()));
+            };
+            match build(&eps) {
+                Ok(sessions) => break (sessions, provider),
+                Err(e) if candidates.peek().is_some() => {
+                    tracing::warn!(provider = %provider, error = %e,
+                        "--device auto: the execution provider did not register; trying the next");
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let takes_token_type_ids = sessions[0].lock().inputs().iter().any(|i| i.name() == "token_type_ids");
 
         let tok_path = cfg.model_dir.join("tokenizer.json");
