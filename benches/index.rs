@@ -31,6 +31,7 @@ fn bench(c: &mut Criterion) {
                 ..Default::default()
             },
             vector: unit(&mut rng),
+            modalities: Default::default(),
             version: 0,
         })
         .collect();

@@ -164,7 +164,7 @@ mod batching {
             assert!(diff < 1e-4, "{}: a batched query got another text's vector (diff {diff})", TITLES[i]);
         }
         let batches = b.stats.batches.load(std::sync::atomic::Ordering::Relaxed);
-        let texts = b.stats.texts.load(std::sync::atomic::Ordering::Relaxed);
+        let texts = b.stats.inputs.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(texts, 12);
         assert!(batches < 12, "12 concurrent queries ran as {batches} batches: nothing was batched");
     }

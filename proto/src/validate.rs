@@ -142,9 +142,25 @@ fn finite(what: &str, x: f64) -> Result<(), InvalidInput> {
     }
 }
 
-/// Checks one item. `dim` is the cluster's vector dimension; `can_embed_text`
-/// says whether an item without a vector can get one from its text.
-pub fn item(item: &pb::Item, dim: usize, can_embed_text: bool, limits: &Limits) -> Result<(), InvalidInput> {
+/// Which inputs the checking side can turn into vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Embedders {
+    /// A text model is configured.
+    pub text: bool,
+    /// An image model is configured.
+    pub image: bool,
+}
+
+impl Embedders {
+    /// Both, for a side that cannot know (the router leaves it to the shards).
+    pub const ANY: Embedders = Embedders { text: true, image: true };
+}
+
+/// Checks one item. `dim` is the cluster's vector dimension; `can_embed` says
+/// which of an item's inputs can give it a vector when it carries none.
+/// Per-modality vectors are checked here for finite, non-zero values; their
+/// dimensions are the models', which only the shard knows.
+pub fn item(item: &pb::Item, dim: usize, can_embed: Embedders, limits: &Limits) -> Result<(), InvalidInput> {
     id("item id", &item.id, limits)?;
     let name = &item.id;
     if item.title.len() > limits.max_title_bytes {
@@ -178,29 +194,45 @@ pub fn item(item: &pb::Item, dim: usize, can_embed_text: bool, limits: &Limits) 
             finite(&format!("item {name:?}: numbers.{key}"), *value)?;
         }
     }
-    match &item.vector {
-        Some(v) => {
-            vector(&format!("item {name:?}: vector"), &v.values, dim)?;
+    let modalities = [("text_vector", &item.text_vector), ("image_vector", &item.image_vector)];
+    let mut has_modality_vector = false;
+    for (field, v) in modalities {
+        if let Some(v) = v {
+            vector(&format!("item {name:?}: {field}"), &v.values, v.values.len())?;
+            has_modality_vector = true;
         }
+    }
+    match &item.vector {
+        Some(_) if has_modality_vector => Err(InvalidInput::new(format!(
+            "item {name:?} has both a vector and per-modality vectors; send one or the other"
+        ))),
+        Some(v) => vector(&format!("item {name:?}: vector"), &v.values, dim).map(drop),
+        None if has_modality_vector => Ok(()),
         None => {
             let has_text = !item.title.trim().is_empty() || !item.description.trim().is_empty();
-            if !has_text {
-                return Err(InvalidInput::new(format!(
-                    "item {name:?} has neither a vector nor a title or description to embed"
-                )));
-            }
-            if !can_embed_text {
-                return Err(InvalidInput::new(format!(
+            let has_image = !item.image.is_empty();
+            if (has_text && can_embed.text) || (has_image && can_embed.image) {
+                Ok(())
+            } else if !has_text && !has_image {
+                Err(InvalidInput::new(format!(
+                    "item {name:?} has neither a vector nor a title, description or image to embed"
+                )))
+            } else if has_text {
+                Err(InvalidInput::new(format!(
                     "item {name:?} has no vector and this cluster runs without a text model; send precomputed vectors"
-                )));
+                )))
+            } else {
+                Err(InvalidInput::new(format!(
+                    "item {name:?} has only an image to embed and this cluster has no image model; send a title or \
+                     a vector"
+                )))
             }
         }
     }
-    Ok(())
 }
 
 /// Checks a batch of items: size and unique ids, then each item.
-pub fn items(items: &[pb::Item], dim: usize, can_embed_text: bool, limits: &Limits) -> Result<(), InvalidInput> {
+pub fn items(items: &[pb::Item], dim: usize, can_embed: Embedders, limits: &Limits) -> Result<(), InvalidInput> {
     if items.len() > limits.max_batch {
         return Err(InvalidInput::new(format!(
             "batch has {} items; the limit is {} per call (use UpsertItemsStream for bulk loads)",
@@ -210,7 +242,7 @@ pub fn items(items: &[pb::Item], dim: usize, can_embed_text: bool, limits: &Limi
     }
     let mut seen = std::collections::HashSet::with_capacity(items.len());
     for it in items {
-        item(it, dim, can_embed_text, limits)?;
+        item(it, dim, can_embed, limits)?;
         if !seen.insert(it.id.as_str()) {
             return Err(InvalidInput::new(format!("item id {:?} appears twice in one batch", it.id)));
         }
@@ -403,7 +435,7 @@ mod tests {
     #[test]
     fn duplicate_ids_in_a_batch_are_rejected() {
         let it = pb::Item { id: "a".into(), title: "t".into(), ..Default::default() };
-        let err = items(&[it.clone(), it], 3, true, &Limits::default()).unwrap_err();
+        let err = items(&[it.clone(), it], 3, Embedders::ANY, &Limits::default()).unwrap_err();
         assert!(err.0.contains("twice"));
     }
 }

@@ -476,7 +476,8 @@ fn check_rules(rules: &[pb::Rule], attrs: &[pb::Attributes]) -> Result<bool, Tes
 
 fn check_item(it: &pb::Item, can_embed_text: bool) -> Result<bool, TestCaseError> {
     let l = limits();
-    let ok = judged("item", validate::item(it, DIM, can_embed_text, l))?.is_some();
+    let can = validate::Embedders { text: can_embed_text, image: false };
+    let ok = judged("item", validate::item(it, DIM, can, l))?.is_some();
     let id_ok = check_id("item id", &it.id)?;
     let image_ok = it.image.is_empty() || check_image("item image", &it.image)?;
     let numbers_ok = it
@@ -484,10 +485,19 @@ fn check_item(it: &pb::Item, can_embed_text: bool) -> Result<bool, TestCaseError
         .as_ref()
         .is_none_or(|a| a.price.is_none_or(f64::is_finite) && a.numbers.values().all(|x| x.is_finite()));
     let has_text = !it.title.trim().is_empty() || !it.description.trim().is_empty();
-    let vector_ok = match &it.vector {
-        Some(v) => check_vector("item vector", &v.values)?,
-        None => has_text && can_embed_text,
-    };
+    let mut modalities_ok = true;
+    for v in [&it.text_vector, &it.image_vector].into_iter().flatten() {
+        let finite_nonzero = v.values.iter().all(|x| x.is_finite())
+            && v.values.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt().is_normal();
+        modalities_ok &= finite_nonzero;
+    }
+    let has_modality = it.text_vector.is_some() || it.image_vector.is_some();
+    let vector_ok = modalities_ok
+        && match &it.vector {
+            Some(_) if has_modality => false,
+            Some(v) => check_vector("item vector", &v.values)?,
+            None => has_modality || (has_text && can_embed_text),
+        };
     let expected = id_ok
         && it.title.len() <= l.max_title_bytes
         && it.description.len() <= l.max_description_bytes
@@ -500,7 +510,8 @@ fn check_item(it: &pb::Item, can_embed_text: bool) -> Result<bool, TestCaseError
 }
 
 fn check_items(items: &[pb::Item], can_embed_text: bool) -> Result<bool, TestCaseError> {
-    let ok = judged("items", validate::items(items, DIM, can_embed_text, limits()))?.is_some();
+    let can = validate::Embedders { text: can_embed_text, image: false };
+    let ok = judged("items", validate::items(items, DIM, can, limits()))?.is_some();
     let mut expected = items.len() <= limits().max_batch;
     if expected {
         let mut seen = HashSet::new();
@@ -911,15 +922,11 @@ fn arb_item() -> BoxedStrategy<pb::Item> {
         prop::option::weighted(0.7, arb_attributes()),
         prop::option::weighted(0.8, arb_vector()),
         prop_oneof![4 => Just(0i64), 4 => 1_500_000_000_000i64..1_800_000_000_000, 1 => any::<i64>()],
+        prop::option::weighted(0.1, arb_vector()),
+        prop::option::weighted(0.1, arb_vector()),
     )
-        .prop_map(|(id, title, description, image, attributes, vector, published_ms)| pb::Item {
-            id,
-            title,
-            description,
-            image,
-            attributes,
-            vector,
-            published_ms,
+        .prop_map(|(id, title, description, image, attributes, vector, published_ms, text_vector, image_vector)| {
+            pb::Item { id, title, description, image, attributes, vector, published_ms, text_vector, image_vector }
         })
         .boxed()
 }
@@ -1026,6 +1033,8 @@ fn search() {
         2 => arb_text(limits().max_description_bytes).prop_map(Query::Text),
         1 => arb_image().prop_map(Query::Image),
         4 => arb_vector().prop_map(Query::Vector),
+        1 => (arb_text(limits().max_description_bytes), arb_image())
+            .prop_map(|(text, image)| Query::Multimodal(pb::MultimodalQuery { text, image })),
     ];
     let messages =
         (prop::option::weighted(0.95, query), arb_k(), prop::option::weighted(0.7, arb_filter()), any::<bool>())
@@ -1037,6 +1046,7 @@ fn search() {
         let query_ok = match &req.query {
             Some(Query::Text(_)) | None => true,
             Some(Query::Image(bytes)) => check_image("query image", bytes)?,
+            Some(Query::Multimodal(q)) => check_image("query image", &q.image)?,
             Some(Query::Vector(v)) => check_vector("query vector", &v.values)?,
         };
         Ok(k_ok && filter_ok && query_ok)
@@ -1210,10 +1220,13 @@ fn embed() {
     let input = prop_oneof![
         1 => arb_text(limits().max_description_bytes).prop_map(EmbedInput::Text),
         3 => arb_image().prop_map(EmbedInput::Image),
+        1 => (arb_text(limits().max_description_bytes), arb_image())
+            .prop_map(|(text, image)| EmbedInput::Multimodal(pb::MultimodalQuery { text, image })),
     ];
     let messages = prop::option::weighted(0.95, input).prop_map(|input| pb::EmbedRequest { input }).boxed();
     fuzz("embed", &COUNTERS, messages, |req, _| match &req.input {
         Some(EmbedInput::Image(bytes)) => check_image("query image", bytes),
+        Some(EmbedInput::Multimodal(q)) => check_image("query image", &q.image),
         Some(EmbedInput::Text(_)) | None => Ok(true),
     });
 }

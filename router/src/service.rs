@@ -234,8 +234,8 @@ impl Router {
     ) -> Result<pb::UpsertItemsResponse, Status> {
         let dim = self.dimension(deadline).await;
         if let Some(dim) = dim {
-            // Text embedding ability is checked on the shard; here everything else.
-            validate::items(&items, dim, true, &self.settings.limits)?;
+            // What the shards can embed is checked there; here everything else.
+            validate::items(&items, dim, validate::Embedders::ANY, &self.settings.limits)?;
         } else {
             for it in &items {
                 validate::id("item id", &it.id, &self.settings.limits)?;
@@ -302,29 +302,43 @@ impl Router {
         let limits = &self.settings.limits;
         match query {
             Some(Query::Text(text)) => {
-                if text.trim().is_empty() {
-                    return Err(Status::invalid_argument("query text is empty"));
-                }
-                if text.len() > limits.max_description_bytes {
-                    return Err(Status::invalid_argument(format!(
-                        "query text is {} bytes; the limit is {}",
-                        text.len(),
-                        limits.max_description_bytes
-                    )));
-                }
+                query_text(&text, limits)?;
                 self.shards.embed(deadline, pb::embed_request::Input::Text(text)).await
             }
             Some(Query::Image(bytes)) => {
                 validate::image("query image", &bytes, limits)?;
                 self.shards.embed(deadline, pb::embed_request::Input::Image(bytes)).await
             }
+            Some(Query::Multimodal(q)) => {
+                query_text(&q.text, limits)?;
+                if q.image.is_empty() {
+                    return Err(Status::invalid_argument("multimodal query has no image; send text and image"));
+                }
+                validate::image("query image", &q.image, limits)?;
+                self.shards.embed(deadline, pb::embed_request::Input::Multimodal(q)).await
+            }
             Some(Query::Vector(v)) => match self.dimension(deadline).await {
                 Some(dim) => Ok(validate::vector("query vector", &v.values, dim)?),
                 None => Ok(v.values),
             },
-            None => Err(Status::invalid_argument("search needs a query: text, image or vector")),
+            None => Err(Status::invalid_argument("search needs a query: text, image, both, or a vector")),
         }
     }
+}
+
+/// Checks a query text: not blank, within the description limit.
+fn query_text(text: &str, limits: &vitrine_proto::Limits) -> Result<(), Status> {
+    if text.trim().is_empty() {
+        return Err(Status::invalid_argument("query text is empty"));
+    }
+    if text.len() > limits.max_description_bytes {
+        return Err(Status::invalid_argument(format!(
+            "query text is {} bytes; the limit is {}",
+            text.len(),
+            limits.max_description_bytes
+        )));
+    }
+    Ok(())
 }
 
 /// The tonic service wrapper.

@@ -1,6 +1,8 @@
-//! Dynamic batching of query embeddings, as Triton does it.
+//! Dynamic batching of query embeddings, as Triton does it: one batcher per
+//! model ([`BatchModel`]: the text model takes strings, the image model
+//! preprocessed pixel tensors).
 //!
-//! Queries arrive one text at a time from many clients. Running each alone
+//! Queries arrive one at a time from many clients. Running each alone
 //! wastes the model: on this CPU a batch of 8 short titles costs about 2.5×
 //! a single one but serves 8 (docs/PERFORMANCE.md). Each worker (one per ORT
 //! session) takes the first waiting query and every other query already
@@ -16,6 +18,40 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::embed::TextEmbedder;
+use crate::image_embed::ImageEmbedder;
+
+/// A model a [`Batcher`] feeds.
+pub trait BatchModel: Send + Sync + 'static {
+    /// One query's input.
+    type Input: Send + 'static;
+    /// The `modality` label of the batching metrics.
+    const MODALITY: &'static str;
+    /// One unit vector per input, in order.
+    fn embed_batch(&self, inputs: &[Self::Input]) -> Result<Vec<Vec<f32>>, String>;
+}
+
+impl BatchModel for TextEmbedder {
+    type Input = String;
+    const MODALITY: &'static str = "text";
+
+    /// The texts are sorted by length inside `embed`, so a batch pads
+    /// little.
+    fn embed_batch(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, String> {
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        self.embed(&refs).map_err(|e| e.to_string())
+    }
+}
+
+impl BatchModel for ImageEmbedder {
+    /// Pixels from [`ImageEmbedder::pixels`].
+    type Input = Vec<f32>;
+    const MODALITY: &'static str = "image";
+
+    fn embed_batch(&self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, String> {
+        let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+        self.embed(&refs).map_err(|e| e.to_string())
+    }
+}
 
 /// Batching limits.
 #[derive(Debug, Clone)]
@@ -50,8 +86,8 @@ pub enum BatchError {
     Embed(String),
 }
 
-struct Job {
-    text: String,
+struct Job<I> {
+    input: I,
     deadline: Instant,
     enqueued: Instant,
     reply: tokio::sync::oneshot::Sender<Result<Vec<f32>, BatchError>>,
@@ -61,36 +97,36 @@ struct Job {
 #[derive(Debug, Default)]
 pub struct BatchStats {
     pub batches: AtomicU64,
-    pub texts: AtomicU64,
+    pub inputs: AtomicU64,
     pub expired: AtomicU64,
     pub rejected: AtomicU64,
 }
 
-/// Handle to the batching workers; dropping it stops them.
-pub struct Batcher {
-    tx: Sender<Job>,
+/// Handle to the batching workers of one model; dropping it stops them.
+pub struct Batcher<M: BatchModel> {
+    tx: Sender<Job<M::Input>>,
     queued: Arc<AtomicUsize>,
     max_queue: usize,
     pub stats: Arc<BatchStats>,
 }
 
-impl Batcher {
-    pub fn start(embedder: Arc<TextEmbedder>, config: BatcherConfig) -> std::io::Result<Self> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+impl<M: BatchModel> Batcher<M> {
+    pub fn start(embedder: Arc<M>, config: BatcherConfig) -> std::io::Result<Self> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job<M::Input>>();
         let queued = Arc::new(AtomicUsize::new(0));
         let stats = Arc::new(BatchStats::default());
         for w in 0..config.workers.max(1) {
             let (rx, embedder, queued, stats, config) =
                 (rx.clone(), Arc::clone(&embedder), Arc::clone(&queued), Arc::clone(&stats), config.clone());
             std::thread::Builder::new()
-                .name(format!("embed-batcher-{w}"))
-                .spawn(move || worker(&rx, &embedder, &queued, &stats, &config))?;
+                .name(format!("embed-{}-{w}", M::MODALITY))
+                .spawn(move || worker(&rx, &*embedder, &queued, &stats, &config))?;
         }
         Ok(Self { tx, queued, max_queue: config.max_queue, stats })
     }
 
-    /// Embeds one text as part of whatever batch forms around it.
-    pub async fn embed(&self, text: String, deadline: Instant) -> Result<Vec<f32>, BatchError> {
+    /// Embeds one input as part of whatever batch forms around it.
+    pub async fn embed(&self, input: M::Input, deadline: Instant) -> Result<Vec<f32>, BatchError> {
         let waiting = self.queued.fetch_add(1, Ordering::AcqRel);
         if waiting >= self.max_queue {
             self.queued.fetch_sub(1, Ordering::AcqRel);
@@ -98,7 +134,7 @@ impl Batcher {
             return Err(BatchError::QueueFull(waiting));
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let job = Job { text, deadline, enqueued: Instant::now(), reply };
+        let job = Job { input, deadline, enqueued: Instant::now(), reply };
         if self.tx.send(job).is_err() {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(BatchError::Embed("batching workers stopped".into()));
@@ -107,9 +143,9 @@ impl Batcher {
     }
 }
 
-fn worker(
-    rx: &Receiver<Job>,
-    embedder: &TextEmbedder,
+fn worker<M: BatchModel>(
+    rx: &Receiver<Job<M::Input>>,
+    embedder: &M,
     queued: &AtomicUsize,
     stats: &BatchStats,
     config: &BatcherConfig,
@@ -137,41 +173,44 @@ fn worker(
         }
         queued.fetch_sub(batch.len(), Ordering::AcqRel);
         let metrics = crate::metrics::get();
+        let queue_seconds = metrics.embed_queue_seconds.with_label_values(&[M::MODALITY]);
         let now = Instant::now();
-        let (live, expired): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.deadline > now);
+        let (live, expired): (Vec<_>, Vec<_>) = batch.into_iter().partition(|j| j.deadline > now);
         for job in expired {
-            metrics.embed_queue_seconds.observe((now - job.enqueued).as_secs_f64());
+            queue_seconds.observe((now - job.enqueued).as_secs_f64());
             stats.expired.fetch_add(1, Ordering::Relaxed);
             let _ = job.reply.send(Err(BatchError::DeadlineExpired(now - job.enqueued)));
         }
         if live.is_empty() {
             continue;
         }
-        let texts: Vec<&str> = live.iter().map(|j| j.text.as_str()).collect();
         let started = Instant::now();
         for job in &live {
-            metrics.embed_queue_seconds.observe((started - job.enqueued).as_secs_f64());
+            queue_seconds.observe((started - job.enqueued).as_secs_f64());
         }
-        let result = embedder.embed(&texts);
-        metrics.embed_compute_seconds.observe(started.elapsed().as_secs_f64());
-        metrics.embed_batch_size.observe(live.len() as f64);
+        let (inputs, live): (Vec<M::Input>, Vec<_>) =
+            live.into_iter().map(|j| (j.input, (j.enqueued, j.reply))).unzip();
+        let result = embedder.embed_batch(&inputs);
+        metrics.embed_compute_seconds.with_label_values(&[M::MODALITY]).observe(started.elapsed().as_secs_f64());
+        metrics.embed_batch_size.with_label_values(&[M::MODALITY]).observe(live.len() as f64);
         tracing::debug!(
+            modality = M::MODALITY,
             batch = live.len(),
             compute_us = started.elapsed().as_micros() as u64,
-            queue_us = live.iter().map(|j| (started - j.enqueued).as_micros() as u64).max().unwrap_or(0),
+            queue_us = live.iter().map(|(enqueued, _)| (started - *enqueued).as_micros() as u64).max().unwrap_or(0),
             "embedding batch"
         );
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.texts.fetch_add(live.len() as u64, Ordering::Relaxed);
+        stats.inputs.fetch_add(live.len() as u64, Ordering::Relaxed);
         match result {
             Ok(vectors) => {
-                for (job, v) in live.into_iter().zip(vectors) {
-                    let _ = job.reply.send(Ok(v));
+                for ((_, reply), v) in live.into_iter().zip(vectors) {
+                    let _ = reply.send(Ok(v));
                 }
             }
             Err(e) => {
-                for job in live {
-                    let _ = job.reply.send(Err(BatchError::Embed(e.to_string())));
+                for (_, reply) in live {
+                    let _ = reply.send(Err(BatchError::Embed(e.clone())));
                 }
             }
         }

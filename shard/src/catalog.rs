@@ -30,13 +30,23 @@ use crate::serving::{FlattenPolicy, ServingIndex};
 /// An item id with the version of its last write (or of its delete).
 pub type VersionedId = (String, u64);
 
-/// An item as the shard keeps it: the wire item without image and vector
-/// bytes, plus its unit vector and the version of the write that stored it.
+/// An item as the shard keeps it: the wire item without image and vectors,
+/// plus its unit (fused) vector, its per-modality vectors when the shard
+/// fuses two models, and the version of the write that stored it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredItem {
     pub item: pb::Item,
     pub vector: Vec<f32>,
+    pub modalities: Modalities,
     pub version: u64,
+}
+
+/// The per-modality vectors a fused vector was made from (kept out of
+/// `item` so that search results, which clone `item`, do not copy them).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Modalities {
+    pub text: Option<pb::Vector>,
+    pub image: Option<pb::Vector>,
 }
 
 impl StoredItem {
@@ -44,7 +54,20 @@ impl StoredItem {
     /// (the shard embeds before logging, so logged items always have one).
     pub fn from_wire(mut item: pb::Item, version: u64) -> Option<Self> {
         let vector = item.vector.take()?.values;
-        Some(Self { item, vector, version })
+        let modalities = Modalities { text: item.text_vector.take(), image: item.image_vector.take() };
+        Some(Self { item, vector, modalities, version })
+    }
+
+    /// The wire item, with its vectors (fused and per-modality) when asked:
+    /// what GetItems returns, and what snapshots and catch-up carry.
+    pub fn to_wire(&self, with_vectors: bool) -> pb::Item {
+        let mut item = self.item.clone();
+        if with_vectors {
+            item.vector = Some(pb::Vector { values: self.vector.clone() });
+            item.text_vector.clone_from(&self.modalities.text);
+            item.image_vector.clone_from(&self.modalities.image);
+        }
+        item
     }
 
     /// The stored items of an upsert record, with their versions.
@@ -490,6 +513,7 @@ mod tests {
                 ..Default::default()
             },
             vector: v,
+            modalities: Default::default(),
             version: 0,
         }
     }

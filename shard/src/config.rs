@@ -138,6 +138,25 @@ pub struct ShardConfig {
     /// the first token, `cls` (BERT-style models trained that way).
     #[arg(long, env = "VITRINE_SHARD_POOLING", value_enum, default_value_t = crate::embed::Pooling::Mean)]
     pub pooling: crate::embed::Pooling,
+    /// Directory with an image model's `model.onnx` and `preprocess.json`
+    /// (docs/IMAGE-MODELS.md); without it item images are validated and
+    /// dropped and image queries are refused. `scripts/fetch-models.sh`
+    /// builds a random-weight test model in `.cache/models/test-vit`.
+    #[arg(long, env = "VITRINE_SHARD_IMAGE_MODEL_DIR")]
+    pub image_model_dir: Option<PathBuf>,
+    /// How an item's text and image vectors combine (docs/IMAGE-MODELS.md):
+    /// `concat` for models with separate spaces, `sum` for one shared
+    /// space (CLIP towers, which need one dimension).
+    #[arg(long, env = "VITRINE_SHARD_FUSION", value_enum, default_value_t = crate::fusion::FusionMode::Concat)]
+    pub fusion: crate::fusion::FusionMode,
+    /// Weight of the text vector in fused item vectors (with an image model).
+    #[arg(long, env = "VITRINE_SHARD_TEXT_WEIGHT", default_value_t = 1.0)]
+    pub text_weight: f32,
+    /// Weight of the image vector in fused item vectors. Weights are
+    /// renormalised over the modalities an item has; changing them
+    /// re-fuses stored items at start-up without re-embedding.
+    #[arg(long, env = "VITRINE_SHARD_IMAGE_WEIGHT", default_value_t = 1.0)]
+    pub image_weight: f32,
     /// Recent query embeddings kept (least recently used evicted; about
     /// 1.6 KB each at 384 dimensions); 0 turns the cache off.
     #[arg(long, env = "VITRINE_SHARD_QUERY_CACHE_ENTRIES", default_value_t = 4096)]

@@ -191,19 +191,104 @@ fn environment(library: &Path) -> Result<ort::environment::Environment, String> 
     Ok(env)
 }
 
+/// How to run a model: shared by the text and the image model.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The ONNX Runtime shared library (e.g. `libonnxruntime.so.1.31.1`).
+    pub ort_library: PathBuf,
+    /// ORT sessions; each serves one batch at a time (`run` needs `&mut`).
+    pub sessions: usize,
+    /// Intra-op threads per session.
+    pub intra_threads: usize,
+    /// Where inference runs.
+    pub device: Device,
+}
+
+/// ORT sessions of one model, used round-robin. `Session::run` needs
+/// exclusive access, so each session serves one batch at a time and several
+/// sessions let batches run side by side.
+pub struct SessionPool {
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+    /// The execution provider the sessions run on (`cpu`, `cuda:0`).
+    provider: String,
+}
+
+impl SessionPool {
+    /// Loads the library (once per process) and `model_path` into
+    /// `runtime.sessions` sessions on the provider `runtime.device` resolves
+    /// to. Every failure is an error naming the file, never a panic.
+    pub fn load(runtime: &RuntimeConfig, model_path: &Path) -> Result<Self, EmbedError> {
+        let lib_err = |reason: String| EmbedError::Library { path: runtime.ort_library.clone(), reason };
+        if !runtime.ort_library.is_file() {
+            return Err(lib_err("file not found (run scripts/fetch-models.sh)".into()));
+        }
+        let env = environment(&runtime.ort_library).map_err(lib_err)?;
+        let model_err = |reason: String| EmbedError::Model { path: model_path.to_path_buf(), reason };
+        if !model_path.is_file() {
+            return Err(model_err("file not found (run scripts/fetch-models.sh)".into()));
+        }
+        let build = |eps: &[ExecutionProviderDispatch]| -> Result<Vec<Mutex<Session>>, EmbedError> {
+            let mut sessions = Vec::with_capacity(runtime.sessions.max(1));
+            for _ in 0..runtime.sessions.max(1) {
+                let session = Session::builder(&env)
+                    .and_then(|b| Ok(b.with_execution_providers(eps)?))
+                    .and_then(|b| Ok(b.with_intra_threads(runtime.intra_threads.max(1))?))
+                    // Spinning threads would steal the cores HNSW searches need.
+                    .and_then(|b| Ok(b.with_intra_op_spinning(false)?))
+                    .and_then(|b| Ok(b.with_inter_op_spinning(false)?))
+                    .and_then(|mut b| b.commit_from_file(model_path))
+                    .map_err(|e| model_err(e.to_string()))?;
+                sessions.push(Mutex::new(session));
+            }
+            Ok(sessions)
+        };
+        let mut candidates = providers(runtime.device, &runtime.ort_library)?.into_iter().peekable();
+        loop {
+            let Some((eps, provider)) = candidates.next() else {
+                return Err(model_err("no execution provider to run on".into()));
+            };
+            match build(&eps) {
+                Ok(sessions) => return Ok(Self { sessions, next: AtomicUsize::new(0), provider }),
+                Err(e) if candidates.peek().is_some() => {
+                    tracing::warn!(provider = %provider, error = %e,
+                        "--device auto: the execution provider did not register; trying the next");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs `f` on the next session, waiting if a batch is running on it.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Session) -> R) -> R {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
+        f(&mut self.sessions[slot].lock())
+    }
+
+    /// The execution provider in use (`cpu`, `cuda:N`).
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+}
+
 /// A loaded text model with a pool of ORT sessions.
 pub struct TextEmbedder {
     tokenizer: Tokenizer,
-    sessions: Vec<Mutex<Session>>,
-    next: AtomicUsize,
+    pool: SessionPool,
     dimension: usize,
     name: String,
     takes_token_type_ids: bool,
     max_batch: usize,
     pooling: Pooling,
-    /// The execution provider the sessions run on (`cpu`, `cuda:0`).
-    provider: String,
-    /// `vitrine_embed_requests_total{provider}` of this model's provider.
+    /// `vitrine_embed_requests_total{provider, modality="text"}`.
     requests: prometheus::IntCounter,
 }
 
@@ -218,47 +303,16 @@ impl TextEmbedder {
     /// inference to learn the output dimension. Every failure is an error
     /// naming the file, never a panic.
     pub fn load(cfg: &TextModelConfig) -> Result<Arc<Self>, EmbedError> {
-        let lib_err = |reason: String| EmbedError::Library { path: cfg.ort_library.clone(), reason };
-        if !cfg.ort_library.is_file() {
-            return Err(lib_err("file not found (run scripts/fetch-models.sh)".into()));
-        }
-        let env = environment(&cfg.ort_library).map_err(lib_err)?;
-
+        let runtime = RuntimeConfig {
+            ort_library: cfg.ort_library.clone(),
+            sessions: cfg.sessions,
+            intra_threads: cfg.intra_threads,
+            device: cfg.device,
+        };
         let model_path = cfg.model_dir.join("model.onnx");
         let model_err = |reason: String| EmbedError::Model { path: model_path.clone(), reason };
-        if !model_path.is_file() {
-            return Err(model_err("file not found (run scripts/fetch-models.sh)".into()));
-        }
-        let build = |eps: &[ExecutionProviderDispatch]| -> Result<Vec<Mutex<Session>>, EmbedError> {
-            let mut sessions = Vec::with_capacity(cfg.sessions.max(1));
-            for _ in 0..cfg.sessions.max(1) {
-                let session = Session::builder(&env)
-                    .and_then(|b| Ok(b.with_execution_providers(eps)?))
-                    .and_then(|b| Ok(b.with_intra_threads(cfg.intra_threads.max(1))?))
-                    // Spinning threads would steal the cores HNSW searches need.
-                    .and_then(|b| Ok(b.with_intra_op_spinning(false)?))
-                    .and_then(|b| Ok(b.with_inter_op_spinning(false)?))
-                    .and_then(|mut b| b.commit_from_file(&model_path))
-                    .map_err(|e| model_err(e.to_string()))?;
-                sessions.push(Mutex::new(session));
-            }
-            Ok(sessions)
-        };
-        let mut candidates = providers(cfg.device, &cfg.ort_library)?.into_iter().peekable();
-        let (sessions, provider) = loop {
-            let Some((eps, provider)) = candidates.next() else {
-                return Err(model_err("no execution provider to run on".into()));
-            };
-            match build(&eps) {
-                Ok(sessions) => break (sessions, provider),
-                Err(e) if candidates.peek().is_some() => {
-                    tracing::warn!(provider = %provider, error = %e,
-                        "--device auto: the execution provider did not register; trying the next");
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        let takes_token_type_ids = sessions[0].lock().inputs().iter().any(|i| i.name() == "token_type_ids");
+        let pool = SessionPool::load(&runtime, &model_path)?;
+        let takes_token_type_ids = pool.with(|s| s.inputs().iter().any(|i| i.name() == "token_type_ids"));
 
         let tok_path = cfg.model_dir.join("tokenizer.json");
         let tok_err = |reason: String| EmbedError::Tokenizer { path: tok_path.clone(), reason };
@@ -276,20 +330,18 @@ impl TextEmbedder {
 
         let mut embedder = Self {
             tokenizer,
-            sessions,
-            next: AtomicUsize::new(0),
+            requests: crate::metrics::get().embed_requests.with_label_values(&[pool.provider(), "text"]),
+            pool,
             dimension: 0,
             name: cfg.name.clone(),
             takes_token_type_ids,
             max_batch: cfg.max_batch.max(1),
             pooling: cfg.pooling,
-            requests: crate::metrics::get().embed_requests.with_label_values(&[provider.as_str()]),
-            provider,
         };
         let probe = embedder.embed_chunk(&["probe"]).map_err(|e| model_err(format!("probe inference failed: {e}")))?;
         embedder.dimension = probe[0].len();
-        tracing::info!(model = %embedder.name, dimension = embedder.dimension, sessions = embedder.sessions.len(),
-            intra_threads = cfg.intra_threads, provider = %embedder.provider, pooling = ?embedder.pooling,
+        tracing::info!(model = %embedder.name, dimension = embedder.dimension, sessions = embedder.pool.len(),
+            intra_threads = cfg.intra_threads, provider = %embedder.pool.provider(), pooling = ?embedder.pooling,
             "text model loaded");
         Ok(Arc::new(embedder))
     }
@@ -306,7 +358,7 @@ impl TextEmbedder {
 
     /// The execution provider in use (`cpu`, `cuda:N`).
     pub fn execution_provider(&self) -> &str {
-        &self.provider
+        self.pool.provider()
     }
 
     /// Embeds texts; returns one unit vector per text, in order. Texts are
@@ -350,16 +402,29 @@ impl TextEmbedder {
         let inf = |e: ort::Error| EmbedError::Inference(e.to_string());
         let t_ids = Tensor::from_array((shape.clone(), ids)).map_err(inf)?;
         let t_mask = Tensor::from_array((shape.clone(), mask.clone())).map_err(inf)?;
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
-        let mut session = self.sessions[slot].lock();
-        let outputs = if self.takes_token_type_ids {
-            let t_types = Tensor::from_array((shape, types)).map_err(inf)?;
-            session.run(ort::inputs!["input_ids" => t_ids, "attention_mask" => t_mask, "token_type_ids" => t_types])
-        } else {
-            session.run(ort::inputs!["input_ids" => t_ids, "attention_mask" => t_mask])
-        }
-        .map_err(inf)?;
-        let (out_shape, hidden) = outputs[0].try_extract_tensor::<f32>().map_err(inf)?;
+        let t_types =
+            if self.takes_token_type_ids { Some(Tensor::from_array((shape, types)).map_err(inf)?) } else { None };
+        self.pool.with(|session| {
+            let outputs = match t_types {
+                Some(t_types) => session
+                    .run(ort::inputs!["input_ids" => t_ids, "attention_mask" => t_mask, "token_type_ids" => t_types]),
+                None => session.run(ort::inputs!["input_ids" => t_ids, "attention_mask" => t_mask]),
+            }
+            .map_err(inf)?;
+            let (out_shape, hidden) = outputs[0].try_extract_tensor::<f32>().map_err(inf)?;
+            self.pool_tokens(out_shape, hidden, &mask, batch, seq)
+        })
+    }
+
+    /// One unit vector per text from the model's `[batch, seq, dim]` output.
+    fn pool_tokens(
+        &self,
+        out_shape: &ort::value::Shape,
+        hidden: &[f32],
+        mask: &[i64],
+        batch: usize,
+        seq: usize,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         if out_shape.len() != 3 || out_shape[0] as usize != batch || out_shape[1] as usize != seq {
             return Err(EmbedError::Inference(format!(
                 "model output has shape {out_shape:?}; expected [batch={batch}, seq={seq}, dim]"

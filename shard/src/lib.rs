@@ -1,8 +1,12 @@
 //! A Vitrine shard owns part of the catalogue (the items whose ids hash to its
 //! virtual shards) and the profiles of part of the users.
 //!
-//! - [`embed`]: text → vector with ONNX Runtime.
-//! - [`batcher`]: dynamic batching of query embeddings.
+//! - [`embed`]: text → vector with ONNX Runtime (and the session pool both
+//!   models use).
+//! - [`image_embed`]: image → vector: decode, EXIF, resize, crop, ViT.
+//! - [`fusion`]: text and image vectors → one item or query vector.
+//! - [`models`]: the models, their batchers and the query cache as one unit.
+//! - [`batcher`]: dynamic batching of query embeddings, per model.
 //! - [`index`]: the ANN graph behind the [`index::VectorIndex`] trait.
 //! - [`flat`]: a flattened, read-only copy of that graph for fast search.
 //! - [`serving`]: graph for inserts + flat copy and delta for searches.
@@ -21,8 +25,11 @@ pub mod catalog;
 pub mod config;
 pub mod embed;
 pub mod flat;
+pub mod fusion;
+pub mod image_embed;
 pub mod index;
 pub mod metrics;
+pub mod models;
 pub mod profiles;
 pub mod query_cache;
 pub mod replica;
@@ -73,21 +80,15 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         "--compact-ratio must be a positive number, got {}",
         config.compact_ratio
     );
-    let embedder = if config.no_model {
-        None
-    } else {
-        let mut model = TextModelConfig::new(&config.model_dir, &config.ort_lib);
-        model.sessions = config.embed_sessions;
-        model.intra_threads = config.intra_threads;
-        model.device = config.device;
-        model.pooling = config.pooling;
-        Some(TextEmbedder::load(&model).context("loading the text model")?)
-    };
-    let dimension = match (&embedder, config.dimension) {
-        (Some(e), Some(d)) if d != e.dimension() => {
-            anyhow::bail!("--dimension {d} disagrees with the model's output dimension {}", e.dimension())
+    let models = load_models(config)?;
+    let dimension = match (models.fusion.dimension(), config.dimension) {
+        (Some(m), Some(d)) if d != m => {
+            anyhow::bail!(
+                "--dimension {d} disagrees with the models' vector dimension {m} ({})",
+                models.fusion.describe()
+            )
         }
-        (Some(e), _) => e.dimension(),
+        (Some(m), _) => m,
         (None, Some(d)) if d > 0 => d,
         (None, _) => anyhow::bail!("--no-model needs --dimension"),
     };
@@ -105,21 +106,6 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         repair: config.repair_wal,
     };
     let recovered = store::recover(&config.data_dir, wal_options)?;
-    let batcher = match &embedder {
-        Some(e) => Some(
-            batcher::Batcher::start(
-                Arc::clone(e),
-                batcher::BatcherConfig {
-                    max_batch: config.batch_max_size.max(1),
-                    max_delay: Duration::from_micros(config.batch_max_delay_us),
-                    max_queue: config.batch_max_queue,
-                    workers: config.embed_sessions.max(1),
-                },
-            )
-            .context("starting the embedding batcher")?,
-        ),
-        None => None,
-    };
     let snapshot_policy =
         SnapshotPolicy { after_wal_bytes: config.snapshot_wal_bytes, keep: usize::from(config.snapshots_keep) };
     let snapshot_seq = recovered.snapshot.as_ref().map_or(0, |s| s.seq);
@@ -144,8 +130,7 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     )?;
     let state = Arc::new(ShardState {
         shard_id: config.shard_id,
-        batcher,
-        query_cache: query_cache::QueryCache::new(config.query_cache_entries),
+        models,
         catalog,
         profiles: profiles::Profiles::new(
             config.profile_events,
@@ -154,7 +139,6 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         signals: signals::SignalStore::default(),
         wal: Mutex::new(recovered.wal),
         snapshots: Snapshots::new(&config.data_dir, snapshot_policy, snapshot_seq),
-        embedder,
         limits: Limits::default(),
         replica: config.replica,
         peers,
@@ -170,7 +154,8 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     if let Some(snap) = &recovered.snapshot {
         let mut bad = None;
         let manifest = snapshot::load(snap, |record| match record.op {
-            Some(wal::Op::Upsert(req)) => {
+            Some(wal::Op::Upsert(mut req)) => {
+                req.items.iter_mut().for_each(|it| state.models.refuse(it));
                 bad = bad.take().or_else(|| wrong_dimension(&req, dimension));
                 staged.upsert(req);
             }
@@ -186,7 +171,8 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     let records = recovered.replay.records.len();
     for record in recovered.replay.records {
         match record.op {
-            Some(wal::Op::Upsert(req)) => {
+            Some(wal::Op::Upsert(mut req)) => {
+                req.items.iter_mut().for_each(|it| state.models.refuse(it));
                 if let Some(msg) = wrong_dimension(&req, dimension) {
                     anyhow::bail!("{}: {msg}; the log was written with another model", config.data_dir.display());
                 }
@@ -271,6 +257,51 @@ impl Staged {
         items.sort_unstable_by_key(|(order, _)| *order);
         (items.into_iter().map(|(_, it)| it).collect(), self.deleted)
     }
+}
+
+/// Loads the configured models and starts their query batchers.
+fn load_models(config: &ShardConfig) -> anyhow::Result<models::Models> {
+    let batching = batcher::BatcherConfig {
+        max_batch: config.batch_max_size.max(1),
+        max_delay: Duration::from_micros(config.batch_max_delay_us),
+        max_queue: config.batch_max_queue,
+        workers: config.embed_sessions.max(1),
+    };
+    let text = if config.no_model {
+        None
+    } else {
+        let mut model = TextModelConfig::new(&config.model_dir, &config.ort_lib);
+        model.sessions = config.embed_sessions;
+        model.intra_threads = config.intra_threads;
+        model.device = config.device;
+        model.pooling = config.pooling;
+        let model = TextEmbedder::load(&model).context("loading the text model")?;
+        Some(models::Served::start(model, batching.clone()).context("starting the text batcher")?)
+    };
+    let image = match &config.image_model_dir {
+        Some(dir) => {
+            let cfg = image_embed::ImageModelConfig {
+                model_dir: dir.clone(),
+                runtime: embed::RuntimeConfig {
+                    ort_library: config.ort_lib.clone(),
+                    sessions: config.embed_sessions,
+                    intra_threads: config.intra_threads,
+                    device: config.device,
+                },
+                max_batch: config.batch_max_size.max(1),
+            };
+            let model = image_embed::ImageEmbedder::load(&cfg).context("loading the image model")?;
+            Some(models::Served::start(model, batching).context("starting the image batcher")?)
+        }
+        None => None,
+    };
+    let fusion = fusion::Fusion::new(
+        config.fusion,
+        text.as_ref().map(|t| fusion::Modality { dim: t.model.dimension(), weight: config.text_weight }),
+        image.as_ref().map(|i| fusion::Modality { dim: i.model.dimension(), weight: config.image_weight }),
+    )?;
+    tracing::info!(fusion = %fusion.describe(), dimension = ?fusion.dimension(), "models ready");
+    Ok(models::Models { text, image, fusion, query_cache: query_cache::QueryCache::new(config.query_cache_entries) })
 }
 
 /// Why an upsert's vectors cannot belong to this shard's model, if they cannot.

@@ -4,7 +4,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Histogram, IntCounterVec, IntGauge};
+use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGauge};
 
 use crate::service::ShardState;
 
@@ -27,13 +27,17 @@ const FSYNC_BUCKETS: &[f64] =
 
 pub(crate) struct ShardMetrics {
     /// Per query: from entering the batcher's queue to its batch starting
-    /// (or to being dropped because its deadline passed).
-    pub embed_queue_seconds: Histogram,
-    /// Per batch: the model call.
-    pub embed_compute_seconds: Histogram,
-    /// Per batch: queries in it.
-    pub embed_batch_size: Histogram,
-    /// Texts embedded (queries and item texts), by execution provider.
+    /// (or to being dropped because its deadline passed), by modality.
+    pub embed_queue_seconds: HistogramVec,
+    /// Per batch: the model call, by modality.
+    pub embed_compute_seconds: HistogramVec,
+    /// Per batch: queries in it, by modality.
+    pub embed_batch_size: HistogramVec,
+    /// Per image (queries and items): decode, orientation, resize, crop and
+    /// normalisation, apart from the model's time.
+    pub image_preprocess_seconds: Histogram,
+    /// Inputs embedded (queries and items), by execution provider and
+    /// modality (`text`, `image`).
     pub embed_requests: IntCounterVec,
     /// Query embedding cache lookups, by result (`hit`, `miss`).
     pub query_cache: IntCounterVec,
@@ -59,25 +63,33 @@ pub(crate) struct ShardMetrics {
 }
 
 static METRICS: LazyLock<ShardMetrics> = LazyLock::new(|| ShardMetrics {
-    embed_queue_seconds: vitrine_metrics::histogram(
+    embed_queue_seconds: vitrine_metrics::histogram_vec(
         "vitrine_embed_queue_seconds",
-        "Time a query waited in the embedding batcher's queue",
+        "Time a query waited in the embedding batcher's queue, by modality",
+        &["modality"],
         QUEUE_BUCKETS,
     ),
-    embed_compute_seconds: vitrine_metrics::histogram(
+    embed_compute_seconds: vitrine_metrics::histogram_vec(
         "vitrine_embed_compute_seconds",
-        "Time of one batched model call for queries",
+        "Time of one batched model call for queries, by modality",
+        &["modality"],
         COMPUTE_BUCKETS,
     ),
-    embed_batch_size: vitrine_metrics::histogram(
+    embed_batch_size: vitrine_metrics::histogram_vec(
         "vitrine_embed_batch_size",
-        "Queries per batched model call",
+        "Queries per batched model call, by modality",
+        &["modality"],
         BATCH_BUCKETS,
+    ),
+    image_preprocess_seconds: vitrine_metrics::histogram(
+        "vitrine_image_preprocess_seconds",
+        "Time to decode, orient, resize, crop and normalise one image",
+        QUEUE_BUCKETS,
     ),
     embed_requests: vitrine_metrics::counter_vec(
         "vitrine_embed_requests_total",
-        "Texts embedded by the model (queries and items), by ONNX Runtime execution provider",
-        &["provider"],
+        "Inputs embedded by a model (queries and items), by ONNX Runtime execution provider and modality",
+        &["provider", "modality"],
     ),
     query_cache: vitrine_metrics::counter_vec(
         "vitrine_query_cache_total",
@@ -128,6 +140,11 @@ pub(crate) fn get() -> &'static ShardMetrics {
 /// (at zero) rather than only those already touched.
 pub fn init() {
     let m = LazyLock::force(&METRICS);
+    for modality in ["text", "image"] {
+        m.embed_queue_seconds.with_label_values(&[modality]);
+        m.embed_compute_seconds.with_label_values(&[modality]);
+        m.embed_batch_size.with_label_values(&[modality]);
+    }
     for result in ["ok", "error"] {
         m.snapshots.with_label_values(&[result]);
     }
@@ -154,13 +171,14 @@ mod tests {
     #[test]
     fn every_shard_metric_is_exposed_after_init() {
         init();
-        get().embed_requests.with_label_values(&["cpu"]);
+        get().embed_requests.with_label_values(&["cpu", "text"]);
         let text = vitrine_metrics::render(vitrine_metrics::registry());
         for name in [
             "vitrine_embed_queue_seconds",
             "vitrine_embed_compute_seconds",
             "vitrine_embed_batch_size",
             "vitrine_embed_requests_total",
+            "vitrine_image_preprocess_seconds",
             "vitrine_index_items",
             "vitrine_index_tombstones",
             "vitrine_wal_bytes",

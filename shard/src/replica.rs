@@ -152,9 +152,7 @@ pub fn fetch(state: &ShardState, req: &pb::SyncFetchRequest) -> pb::SyncFetchRes
     for id in &req.item_ids {
         match state.catalog.get(id) {
             Some(stored) => {
-                let mut item = stored.item.clone();
-                item.vector = Some(pb::Vector { values: stored.vector.clone() });
-                items.items.push(item);
+                items.items.push(stored.to_wire(true));
                 items.versions.push(stored.version);
             }
             None => {

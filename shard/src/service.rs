@@ -10,10 +10,10 @@ use tracing::Instrument;
 
 use vitrine_proto::{pb, timeout, validate, Filter, Limits};
 
-use crate::batcher::{BatchError, Batcher};
 use crate::catalog::{sort_hits, Catalog, Constraint, Hit, StoredItem};
-use crate::embed::TextEmbedder;
+use crate::fusion::QueryPart;
 use crate::index::dot;
+use crate::models::{Models, Query};
 use crate::profiles::Profiles;
 use crate::replica::Peers;
 use crate::signals::SignalStore;
@@ -32,11 +32,8 @@ pub struct ShardState {
     pub wal: Mutex<Wal>,
     /// Snapshot policy and bookkeeping.
     pub snapshots: Snapshots,
-    pub embedder: Option<Arc<TextEmbedder>>,
-    /// Batches query embeddings (present when there is a text model).
-    pub batcher: Option<Batcher>,
-    /// Recent query embeddings of the text model.
-    pub query_cache: crate::query_cache::QueryCache,
+    /// The text and image models, their batchers and the fusion.
+    pub models: Models,
     pub limits: Limits,
     /// Replica number within the shard (reported in Info).
     pub replica: u32,
@@ -112,10 +109,35 @@ impl ShardState {
         use pb::shard_search_request::Source;
         let score = |item: &StoredItem| query.map_or(0.0, |q| dot(q, &item.vector));
         match (source, query) {
-            (None, Some(q)) => {
-                let out = self.catalog.search(q, k, constraint);
-                (out.hits, out.exact)
-            }
+            (None, Some(q)) => match self.models.fusion.query_part(q) {
+                None => {
+                    let out = self.catalog.search(q, k, constraint);
+                    (out.hits, out.exact)
+                }
+                Some(part) => {
+                    // Items missing the other modality are over-ranked by the
+                    // fused vector (crate::fusion), so take twice the hits and
+                    // rescore them by the query's modality alone.
+                    let out = self.catalog.search(q, k.saturating_mul(2), constraint);
+                    let fusion = &self.models.fusion;
+                    let mut hits: Vec<Hit> = out
+                        .hits
+                        .into_iter()
+                        .map(|h| {
+                            let m = &h.item.modalities;
+                            let own = match part {
+                                QueryPart::Text => m.text.as_ref(),
+                                QueryPart::Image => m.image.as_ref(),
+                            };
+                            let score = fusion.part_score(part, q, own.map(|v| v.values.as_slice()), &h.item.vector);
+                            Hit { score, item: h.item }
+                        })
+                        .collect();
+                    sort_hits(&mut hits);
+                    hits.truncate(k);
+                    (hits, out.exact)
+                }
+            },
             (None, None) => (Vec::new(), true),
             (Some(Source::Popular(_)), _) => {
                 let mut accepted = Vec::new();
@@ -143,10 +165,6 @@ impl ShardState {
                 (hits, true)
             }
         }
-    }
-
-    fn model_name(&self) -> String {
-        self.embedder.as_ref().map_or_else(|| "none (vectors only)".to_string(), |e| e.name().to_string())
     }
 }
 
@@ -210,21 +228,6 @@ impl ShardService {
     pub fn new(state: Arc<ShardState>) -> Self {
         Self { state }
     }
-
-    fn embed_texts(&self, texts: Vec<String>) -> impl std::future::Future<Output = Result<Vec<Vec<f32>>, Status>> {
-        let embedder = self.state.embedder.clone();
-        async move {
-            let Some(embedder) = embedder else {
-                return Err(Status::failed_precondition("this shard runs without a text model; send vectors"));
-            };
-            blocking(move || {
-                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                embedder.embed(&refs)
-            })
-            .await?
-            .map_err(|e| Status::internal(format!("embedding failed: {e}")))
-        }
-    }
 }
 
 #[tonic::async_trait]
@@ -239,16 +242,12 @@ impl pb::shard_server::Shard for ShardService {
             let pb::ShardUpsertRequest { mut items, versions } = request.into_inner();
             check_versions("items", items.len(), &versions)?;
             let dim = self.state.catalog.dimension();
-            validate::items(&items, dim, self.state.embedder.is_some(), &self.state.limits)?;
-            let need: Vec<usize> = (0..items.len()).filter(|&i| items[i].vector.is_none()).collect();
-            let texts: Vec<String> = need.iter().map(|&i| item_text(&items[i])).collect();
-            let vectors = if texts.is_empty() { Vec::new() } else { self.embed_texts(texts).await? };
-            for (&i, v) in need.iter().zip(vectors) {
-                items[i].vector = Some(pb::Vector { values: v });
-            }
+            let models = &self.state.models;
+            validate::items(&items, dim, models.embedders(), &self.state.limits)?;
+            let embedded = models.embed_items(&mut items, &self.state.limits).await?;
             for it in &mut items {
-                // Images are validated but not kept: no image model yet, and
-                // reads never return image bytes.
+                // Image bytes are not kept: the image vector is, and reads
+                // never return image bytes.
                 it.image.clear();
                 if let Some(v) = &mut it.vector {
                     v.values = validate::vector("item vector", &v.values, dim)?;
@@ -259,7 +258,7 @@ impl pb::shard_server::Shard for ShardService {
             let state = Arc::clone(&self.state);
             blocking(move || state.log_and_apply(record)).await??;
             self.state.catalog.maybe_compact_in_background();
-            Ok(Response::new(pb::UpsertItemsResponse { upserted: n, embedded: need.len() as u32, replication: None }))
+            Ok(Response::new(pb::UpsertItemsResponse { upserted: n, embedded, replication: None }))
         }
         .instrument(span)
         .await
@@ -292,13 +291,7 @@ impl pb::shard_server::Shard for ShardService {
         let mut out = pb::GetItemsResponse::default();
         for id in req.ids {
             match self.state.catalog.get(&id) {
-                Some(stored) => {
-                    let mut item = stored.item.clone();
-                    if req.with_vectors {
-                        item.vector = Some(pb::Vector { values: stored.vector.clone() });
-                    }
-                    out.items.push(item);
-                }
+                Some(stored) => out.items.push(stored.to_wire(req.with_vectors)),
                 None => out.missing.push(id),
             }
         }
@@ -359,46 +352,37 @@ impl pb::shard_server::Shard for ShardService {
         // The caller's deadline bounds the time a query may wait for a batch.
         let deadline = Instant::now() + timeout::from_metadata(request.metadata()).unwrap_or(Duration::from_secs(1));
         async move {
-            match request.into_inner().input {
+            let limits = &self.state.limits;
+            let check_text = |text: &str| {
+                if text.trim().is_empty() {
+                    return Err(Status::invalid_argument("query text is empty"));
+                }
+                if text.len() > limits.max_description_bytes {
+                    return Err(Status::invalid_argument(format!(
+                        "query text is {} bytes; the limit is {}",
+                        text.len(),
+                        limits.max_description_bytes
+                    )));
+                }
+                Ok(())
+            };
+            let query = match request.into_inner().input {
                 Some(pb::embed_request::Input::Text(text)) => {
-                    if text.trim().is_empty() {
-                        return Err(Status::invalid_argument("query text is empty"));
-                    }
-                    if text.len() > self.state.limits.max_description_bytes {
-                        return Err(Status::invalid_argument(format!(
-                            "query text is {} bytes; the limit is {}",
-                            text.len(),
-                            self.state.limits.max_description_bytes
-                        )));
-                    }
-                    let batcher = self.state.batcher.as_ref().ok_or_else(|| {
-                        Status::failed_precondition("this shard runs without a text model; search by vector")
-                    })?;
-                    let v = match self.state.query_cache.get(&text) {
-                        Some(v) => Vec::clone(&v),
-                        None => {
-                            let v = batcher.embed(text.clone(), deadline).await.map_err(|e| match e {
-                                BatchError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
-                                BatchError::DeadlineExpired(_) => Status::deadline_exceeded(e.to_string()),
-                                BatchError::Embed(_) => Status::internal(e.to_string()),
-                            })?;
-                            self.state.query_cache.put(text, Arc::new(v.clone()));
-                            v
-                        }
-                    };
-                    Ok(Response::new(pb::EmbedResponse {
-                        vector: Some(pb::Vector { values: v }),
-                        model: self.state.model_name(),
-                    }))
+                    check_text(&text)?;
+                    Query::Text(text)
                 }
-                Some(pb::embed_request::Input::Image(bytes)) => {
-                    validate::image("query image", &bytes, &self.state.limits)?;
-                    Err(Status::failed_precondition(
-                        "this cluster has no image model configured; search by text or vector",
-                    ))
+                Some(pb::embed_request::Input::Image(bytes)) => Query::Image(bytes),
+                Some(pb::embed_request::Input::Multimodal(pb::MultimodalQuery { text, image })) => {
+                    check_text(&text)?;
+                    if image.is_empty() {
+                        return Err(Status::invalid_argument("multimodal query has no image"));
+                    }
+                    Query::Both(text, image)
                 }
-                None => Err(Status::invalid_argument("embed needs text or an image")),
-            }
+                None => return Err(Status::invalid_argument("embed needs text, an image or both")),
+            };
+            let (v, model) = self.state.models.embed_query(query, deadline, limits).await?;
+            Ok(Response::new(pb::EmbedResponse { vector: Some(pb::Vector { values: v }), model }))
         }
         .instrument(span)
         .await
@@ -507,8 +491,8 @@ impl pb::shard_server::Shard for ShardService {
             items: s.catalog.len() as u64,
             tombstones: s.catalog.tombstones() as u64,
             users: s.profiles.len() as u64,
-            model: s.model_name(),
-            execution_provider: s.embedder.as_ref().map_or("none", |e| e.execution_provider()).to_string(),
+            model: s.models.text_name(),
+            execution_provider: s.models.execution_provider().to_string(),
             dimension: s.catalog.dimension() as u32,
             virtual_shards: 0,
             items_with_signals: s.signals.len() as u64,
@@ -517,6 +501,8 @@ impl pb::shard_server::Shard for ShardService {
             wal_bytes,
             replica: s.replica,
             deleted_ids: s.catalog.deleted_ids() as u64,
+            image_model: s.models.image_name(),
+            fusion: s.models.fusion.describe(),
         }))
     }
 

@@ -246,14 +246,7 @@ impl Captured {
         let Captured { items, deleted, events, signals, .. } = self;
         let items = chunked(items, ITEMS_PER_RECORD).map(|chunk| {
             let versions = chunk.iter().map(|it| it.version).collect();
-            let items = chunk
-                .iter()
-                .map(|it| {
-                    let mut item = it.item.clone();
-                    item.vector = Some(pb::Vector { values: it.vector.clone() });
-                    item
-                })
-                .collect();
+            let items = chunk.iter().map(|it| it.to_wire(true)).collect();
             WalRecord { op: Some(Op::Upsert(pb::ShardUpsertRequest { items, versions })) }
         });
         let deleted = chunked(deleted, DELETES_PER_RECORD).map(|chunk| {

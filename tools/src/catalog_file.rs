@@ -32,6 +32,13 @@ pub struct Record {
     pub numbers: HashMap<String, f64>,
     /// Precomputed vector; skips embedding.
     pub vector: Option<Vec<f32>>,
+    /// Precomputed text-model vector, fused by the shard with the image's
+    /// (not together with `vector`).
+    #[serde(default)]
+    pub text_vector: Option<Vec<f32>>,
+    /// Precomputed image-model vector.
+    #[serde(default)]
+    pub image_vector: Option<Vec<f32>>,
     /// Image file, relative to the catalogue file.
     pub image_path: Option<String>,
     /// When the product went on sale, milliseconds since the Unix epoch; 0
@@ -65,6 +72,8 @@ impl Record {
             }),
             vector: self.vector.map(|values| pb::Vector { values }),
             published_ms: self.published_ms,
+            text_vector: self.text_vector.map(|values| pb::Vector { values }),
+            image_vector: self.image_vector.map(|values| pb::Vector { values }),
         })
     }
 }

@@ -282,9 +282,15 @@ enum Cmd {
     /// Embed a catalogue offline with the shards' text model and write the
     /// vectors as Parquet or .npy + .ids, for `vitrine load` elsewhere.
     Embed(embed::EmbedArgs),
-    /// Search by text.
+    /// Search by text, by an image file (`--image`), or by both.
     Search {
-        text: String,
+        /// The query text (optional with --image).
+        #[arg(required_unless_present = "image")]
+        text: Option<String>,
+        /// A JPEG, PNG or WebP file to search by (needs an image model on
+        /// the shards: `--image-model-dir`).
+        #[arg(long)]
+        image: Option<std::path::PathBuf>,
         #[arg(short, default_value_t = 10)]
         k: u32,
         #[command(flatten)]
@@ -510,15 +516,21 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Embed(args) => tokio::task::spawn_blocking(move || embed::run(&args)).await??,
-        Cmd::Search { text, k, filter } => {
+        Cmd::Search { text, image, k, filter } => {
+            use pb::search_request::Query;
+            let image = match &image {
+                Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+                None => None,
+            };
+            let query = match (text, image) {
+                (Some(text), Some(image)) => Query::Multimodal(pb::MultimodalQuery { text, image }),
+                (Some(text), None) => Query::Text(text),
+                (None, Some(image)) => Query::Image(image),
+                (None, None) => anyhow::bail!("search needs a text, --image, or both"),
+            };
             let mut client = connect(&cli.addr).await?;
             let r = client
-                .search(pb::SearchRequest {
-                    query: Some(pb::search_request::Query::Text(text)),
-                    k,
-                    filter: filter.to_filter(),
-                    with_items: true,
-                })
+                .search(pb::SearchRequest { query: Some(query), k, filter: filter.to_filter(), with_items: true })
                 .await?;
             print_hits(cli.json, r.get_ref());
         }

@@ -320,6 +320,8 @@ fn empty_record() -> Record {
         strings: HashMap::new(),
         numbers: HashMap::new(),
         vector: None,
+        text_vector: None,
+        image_vector: None,
         image_path: None,
         published_ms: 0,
     }

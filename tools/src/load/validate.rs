@@ -58,6 +58,16 @@ impl Validator {
                 Some(_) => {}
             }
         }
+        for (field, v) in [("text_vector", &rec.text_vector), ("image_vector", &rec.image_vector)] {
+            if let Some(v) = v {
+                if v.iter().any(|x| !x.is_finite()) || v.iter().all(|&x| x == 0.0) {
+                    return Err(format!("{field} has a non-finite value or is all zeros"));
+                }
+            }
+        }
+        if rec.vector.is_some() && (rec.text_vector.is_some() || rec.image_vector.is_some()) {
+            return Err("both vector and text_vector/image_vector; send one or the other".into());
+        }
         let image = match &rec.image_path {
             Some(p) => {
                 let path = base.map_or_else(|| Path::new(p).to_path_buf(), |b| b.join(p));
@@ -65,8 +75,8 @@ impl Validator {
             }
             None => Vec::new(),
         };
-        if rec.vector.is_none() && rec.title.trim().is_empty() && rec.description.trim().is_empty() && image.is_empty()
-        {
+        let precomputed = rec.vector.is_some() || rec.text_vector.is_some() || rec.image_vector.is_some();
+        if !precomputed && rec.title.trim().is_empty() && rec.description.trim().is_empty() && image.is_empty() {
             return Err("nothing to embed: no title, description, image or vector".into());
         }
         Ok(pb::Item {
@@ -85,6 +95,8 @@ impl Validator {
             }),
             vector: rec.vector.map(|values| pb::Vector { values }),
             published_ms: rec.published_ms,
+            text_vector: rec.text_vector.map(|values| pb::Vector { values }),
+            image_vector: rec.image_vector.map(|values| pb::Vector { values }),
         })
     }
 }
