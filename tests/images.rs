@@ -39,6 +39,8 @@ fn image_model(max_batch: usize) -> Arc<ImageEmbedder> {
     let (_, lib) = default_model_paths(&workspace_root());
     ImageEmbedder::load(&ImageModelConfig {
         model_dir: test_vit_dir(),
+        onnx_file: None,
+        name: None,
         runtime: RuntimeConfig { ort_library: lib, sessions: 1, intra_threads: 1, device: Device::Cpu },
         max_batch,
     })
@@ -276,8 +278,9 @@ fn multimodal_cluster_serves_image_text_and_combined_queries() {
         let info = c.cluster_info(pb::ClusterInfoRequest {}).await.unwrap().into_inner();
         for s in &info.shards {
             assert_eq!(s.dimension as usize, TEXT_DIM + IMAGE_DIM, "{s:?}");
-            assert!(s.image_model.starts_with("vitrine-test-vit"), "{s:?}");
+            assert_eq!(s.image_model, "test-vit", "{s:?}");
             assert_eq!(s.fusion, "concat text=0.500 image=0.500");
+            assert_eq!(s.model_set, "all-MiniLM-L6-v2@1 + test-vit@1");
         }
 
         let items = catalogue();
@@ -471,4 +474,83 @@ fn fusion_weights_change_across_restarts_without_re_embedding() {
         assert_eq!(values(&a.image_vector), values(&b.image_vector), "{}", a.id);
         assert!(max_diff(values(&a.vector), values(&r.vector)) < 1e-6, "{}", a.id);
     }
+}
+
+/// Vectors carry the versions of the models that made them: a shard refuses
+/// to start over vectors another version made, and refuses a query vector
+/// another model set embedded. A registry file declares the models.
+#[test]
+fn model_versions_are_tagged_and_checked() {
+    let mut cluster = Cluster::start(Options::shards(1));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // Titles only: this shard has no image model.
+    let items: Vec<pb::Item> = catalogue()
+        .into_iter()
+        .filter(|it| !it.title.is_empty())
+        .map(|it| pb::Item { image: Vec::new(), ..it })
+        .collect();
+    rt.block_on(async {
+        let mut c = connect(&cluster.url()).await.unwrap();
+        c.upsert_items(pb::UpsertItemsRequest { items: items.clone(), ..Default::default() }).await.unwrap();
+        let info = c.cluster_info(pb::ClusterInfoRequest {}).await.unwrap().into_inner();
+        assert_eq!(info.shards[0].model_set, "all-MiniLM-L6-v2@1");
+        // A query embedded by another model set is refused, not compared.
+        let mut shard =
+            pb::shard_client::ShardClient::connect(format!("http://{}", cluster.shard_addrs[0])).await.unwrap();
+        let embedded = shard
+            .embed(pb::EmbedRequest { input: Some(pb::embed_request::Input::Text("wool beanie".into())) })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(embedded.model, "all-MiniLM-L6-v2@1");
+        let req = |model: &str| pb::ShardSearchRequest {
+            vector: embedded.vector.clone(),
+            k: 3,
+            model: model.into(),
+            ..Default::default()
+        };
+        let hits = shard.search(req("all-MiniLM-L6-v2@1")).await.expect("same set").into_inner().hits;
+        assert_eq!(hits[0].id, "p7", "{hits:?}");
+        let err = shard.search(req("all-MiniLM-L6-v2@2")).await.expect_err("another set");
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("embedded with all-MiniLM-L6-v2@2"), "{}", err.message());
+    });
+
+    // Version 2 of the text model over version 1's vectors: refused, naming both.
+    cluster.kill_shard(0);
+    cluster.add_shard_args(0, &["--model-version", "2"]);
+    cluster.restart_shard(0);
+    let status = cluster.wait_shard_exit(0, Duration::from_secs(60)).expect("the shard stops");
+    assert!(!status.success());
+    let log = cluster.shard_log(0);
+    assert!(
+        log.contains("text vectors were made by all-MiniLM-L6-v2@1, and this shard serves all-MiniLM-L6-v2@2"),
+        "{log}"
+    );
+
+    // A registry declaring both versions and serving version 1 (it takes
+    // precedence over the flags) serves the stored vectors again.
+    let dir = tempfile::tempdir().unwrap();
+    let (model_dir, _) = default_model_paths(&workspace_root());
+    let registry = serde_json::json!({
+        "models": [
+            {"name": "all-MiniLM-L6-v2", "version": "1", "kind": "text", "dir": model_dir, "dimension": 384},
+            {"name": "all-MiniLM-L6-v2", "version": "2", "kind": "text", "dir": model_dir, "pooling": "cls"},
+            {"name": "test-vit", "version": "1", "kind": "image", "dir": test_vit_dir(), "dimension": 192}
+        ],
+        "serve": {"text": "all-MiniLM-L6-v2@1"}
+    });
+    let path = dir.path().join("models.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&registry).unwrap()).unwrap();
+    cluster.add_shard_args(0, &["--models", path.to_str().unwrap()]);
+    cluster.restart_shard(0);
+    cluster.wait_serving(1);
+    rt.block_on(async {
+        let mut c = connect(&cluster.url()).await.unwrap();
+        let info = c.cluster_info(pb::ClusterInfoRequest {}).await.unwrap().into_inner();
+        assert_eq!(info.shards[0].model_set, "all-MiniLM-L6-v2@1");
+        assert_eq!(info.shards[0].items, items.len() as u64);
+        let hits = c.search(search(Query::Text("Wool beanie, charcoal".into()), 1)).await.unwrap().into_inner().hits;
+        assert_eq!(hits[0].id, "p7");
+    });
 }

@@ -1195,6 +1195,8 @@ fn shard_search() {
             with_items,
             with_vectors,
             source,
+            // The model tag is the shard's to compare, not validation's.
+            model: String::new(),
         })
         .boxed();
     fuzz("shard_search", &COUNTERS, messages, |req, attrs| {

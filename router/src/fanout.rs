@@ -565,7 +565,12 @@ impl Shards {
     /// Embeds a query on one replica, so a query is embedded once per
     /// request, not once per shard. Any replica of any shard can embed:
     /// they are tried round-robin, hedged and failed over like a read.
-    pub async fn embed(&self, deadline: Deadline, input: pb::embed_request::Input) -> Result<Vec<f32>, Status> {
+    /// Returns the vector and the model set that made it.
+    pub async fn embed(
+        &self,
+        deadline: Deadline,
+        input: pb::embed_request::Input,
+    ) -> Result<(Vec<f32>, String), Status> {
         let all: Vec<Arc<Replica>> = self.all_replicas().cloned().collect();
         let n = all.len();
         if n == 0 {
@@ -587,7 +592,8 @@ impl Shards {
                     Status::unavailable(format!("no shard could embed the query: {}", s.message()))
                 }
             })?;
-        resp.vector.map(|v| v.values).ok_or_else(|| Status::internal("shard returned no vector"))
+        let vector = resp.vector.map(|v| v.values).ok_or_else(|| Status::internal("shard returned no vector"))?;
+        Ok((vector, resp.model))
     }
 }
 

@@ -200,6 +200,8 @@ impl Router {
             with_items: needs_items,
             with_vectors: s.diversity_lambda < 1.0 || q.explain,
             source: None,
+            // The user vector is made of stored item vectors, not embedded.
+            model: String::new(),
         };
 
         let mut cands: HashMap<String, Candidate> = HashMap::new();

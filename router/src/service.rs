@@ -247,7 +247,7 @@ impl Router {
         let (results, acknowledged) = self
             .write_grouped(deadline, groups, "items", |shard, batch, _| async move {
                 let (items, versions): (Vec<pb::Item>, Vec<u64>) = batch.into_iter().unzip();
-                let req = pb::ShardUpsertRequest { items, versions };
+                let req = pb::ShardUpsertRequest { items, versions, ..Default::default() };
                 shards
                     .write(shard, deadline, level, move |mut c, budget| {
                         let mut r = Request::new(req.clone());
@@ -293,11 +293,13 @@ impl Router {
         (found, errors)
     }
 
+    /// The query's vector and, when a shard embedded it, the model set that
+    /// did (shards serving another set refuse it).
     async fn query_vector(
         &self,
         deadline: Deadline,
         query: Option<pb::search_request::Query>,
-    ) -> Result<Vec<f32>, Status> {
+    ) -> Result<(Vec<f32>, String), Status> {
         use pb::search_request::Query;
         let limits = &self.settings.limits;
         match query {
@@ -318,8 +320,8 @@ impl Router {
                 self.shards.embed(deadline, pb::embed_request::Input::Multimodal(q)).await
             }
             Some(Query::Vector(v)) => match self.dimension(deadline).await {
-                Some(dim) => Ok(validate::vector("query vector", &v.values, dim)?),
-                None => Ok(v.values),
+                Some(dim) => Ok((validate::vector("query vector", &v.values, dim)?, String::new())),
+                None => Ok((v.values, String::new())),
             },
             None => Err(Status::invalid_argument("search needs a query: text, image, both, or a vector")),
         }
@@ -489,9 +491,10 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         let req = request.into_inner();
         let k = validate::k(req.k, &r.settings.limits)?;
         validate_filter(req.filter.as_ref())?;
-        let vector = r.query_vector(deadline, req.query).await?;
+        let (vector, model) = r.query_vector(deadline, req.query).await?;
         let shard_req = pb::ShardSearchRequest {
             vector: Some(pb::Vector { values: vector }),
+            model,
             k: k as u32,
             filter: req.filter,
             exclude_ids: Vec::new(),

@@ -59,9 +59,23 @@ pub struct ShardConfig {
     /// Directory for the write-ahead log segments and the snapshots.
     #[arg(long, env = "VITRINE_SHARD_DATA_DIR", default_value = "data/shard-0")]
     pub data_dir: PathBuf,
+    /// A model registry (JSON, `shard::registry`): the models with names,
+    /// versions, kinds, files, pooling and dimensions, and which to serve.
+    /// When given, it replaces the single-model flags below (--model-dir,
+    /// --model-name, --model-version, --pooling, --image-model-dir,
+    /// --image-model-version, --fusion and the weights).
+    #[arg(long, env = "VITRINE_SHARD_MODELS")]
+    pub models: Option<PathBuf>,
     /// Directory with the text model's `model.onnx` and `tokenizer.json`.
     #[arg(long, env = "VITRINE_SHARD_MODEL_DIR", default_value = ".cache/models/all-minilm-l6-v2")]
     pub model_dir: PathBuf,
+    /// The text model's name, in ClusterInfo and the tags on its vectors.
+    #[arg(long, env = "VITRINE_SHARD_MODEL_NAME", default_value = "all-MiniLM-L6-v2")]
+    pub model_name: String,
+    /// The text model's version: vectors made by another version are
+    /// refused (docs/OPERATIONS.md, Models).
+    #[arg(long, env = "VITRINE_SHARD_MODEL_VERSION", default_value = "1")]
+    pub model_version: String,
     /// The ONNX Runtime shared library.
     #[arg(long, env = "VITRINE_SHARD_ORT_LIB", default_value = ".cache/models/libonnxruntime.so.1.31.1")]
     pub ort_lib: PathBuf,
@@ -144,6 +158,9 @@ pub struct ShardConfig {
     /// builds a random-weight test model in `.cache/models/test-vit`.
     #[arg(long, env = "VITRINE_SHARD_IMAGE_MODEL_DIR")]
     pub image_model_dir: Option<PathBuf>,
+    /// The image model's version (its name is the directory's).
+    #[arg(long, env = "VITRINE_SHARD_IMAGE_MODEL_VERSION", default_value = "1")]
+    pub image_model_version: String,
     /// How an item's text and image vectors combine (docs/IMAGE-MODELS.md):
     /// `concat` for models with separate spaces, `sum` for one shared
     /// space (CLIP towers, which need one dimension).

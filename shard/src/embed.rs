@@ -93,6 +93,8 @@ pub enum Pooling {
 pub struct TextModelConfig {
     /// Directory holding `model.onnx` and `tokenizer.json`.
     pub model_dir: PathBuf,
+    /// Another ONNX file than `model_dir/model.onnx`.
+    pub onnx_file: Option<PathBuf>,
     /// The ONNX Runtime shared library (e.g. `libonnxruntime.so.1.31.1`).
     pub ort_library: PathBuf,
     /// Name reported in ClusterInfo and tagged on query embeddings.
@@ -117,6 +119,7 @@ impl TextModelConfig {
     pub fn new(model_dir: impl Into<PathBuf>, ort_library: impl Into<PathBuf>) -> Self {
         Self {
             model_dir: model_dir.into(),
+            onnx_file: None,
             ort_library: ort_library.into(),
             name: "all-MiniLM-L6-v2".into(),
             sessions: 1,
@@ -309,7 +312,7 @@ impl TextEmbedder {
             intra_threads: cfg.intra_threads,
             device: cfg.device,
         };
-        let model_path = cfg.model_dir.join("model.onnx");
+        let model_path = cfg.onnx_file.clone().unwrap_or_else(|| cfg.model_dir.join("model.onnx"));
         let model_err = |reason: String| EmbedError::Model { path: model_path.clone(), reason };
         let pool = SessionPool::load(&runtime, &model_path)?;
         let takes_token_type_ids = pool.with(|s| s.inputs().iter().any(|i| i.name() == "token_type_ids"));

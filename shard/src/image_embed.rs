@@ -222,6 +222,11 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ImageError>
 pub struct ImageModelConfig {
     /// Directory holding `model.onnx` and `preprocess.json`.
     pub model_dir: PathBuf,
+    /// Another ONNX file than `model_dir/model.onnx`.
+    pub onnx_file: Option<PathBuf>,
+    /// Name in ClusterInfo and logs; default: preprocess.json's `model`,
+    /// else the directory's name.
+    pub name: Option<String>,
     pub runtime: RuntimeConfig,
     /// Images per inference call.
     pub max_batch: usize,
@@ -249,9 +254,9 @@ impl ImageEmbedder {
     /// on a blank image to check the output against `dim`.
     pub fn load(cfg: &ImageModelConfig) -> Result<Arc<Self>, EmbedError> {
         let preprocess = Preprocess::load(&cfg.model_dir)?;
-        let model_path = cfg.model_dir.join("model.onnx");
+        let model_path = cfg.onnx_file.clone().unwrap_or_else(|| cfg.model_dir.join("model.onnx"));
         let pool = SessionPool::load(&cfg.runtime, &model_path)?;
-        let name = preprocess.model.clone().unwrap_or_else(|| {
+        let name = cfg.name.clone().or_else(|| preprocess.model.clone()).unwrap_or_else(|| {
             cfg.model_dir.file_name().map_or_else(|| "image-model".into(), |n| n.to_string_lossy().into_owned())
         });
         let metrics = crate::metrics::get();

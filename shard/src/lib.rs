@@ -6,6 +6,7 @@
 //! - [`image_embed`]: image → vector: decode, EXIF, resize, crop, ViT.
 //! - [`fusion`]: text and image vectors → one item or query vector.
 //! - [`models`]: the models, their batchers and the query cache as one unit.
+//! - [`registry`]: the declared models, their versions and the tags on vectors.
 //! - [`batcher`]: dynamic batching of query embeddings, per model.
 //! - [`index`]: the ANN graph behind the [`index::VectorIndex`] trait.
 //! - [`flat`]: a flattened, read-only copy of that graph for fast search.
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod models;
 pub mod profiles;
 pub mod query_cache;
+pub mod registry;
 pub mod replica;
 pub mod restore;
 pub mod service;
@@ -155,6 +157,7 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         let mut bad = None;
         let manifest = snapshot::load(snap, |record| match record.op {
             Some(wal::Op::Upsert(mut req)) => {
+                bad = bad.take().or_else(|| state.models.foreign(&req));
                 req.items.iter_mut().for_each(|it| state.models.refuse(it));
                 bad = bad.take().or_else(|| wrong_dimension(&req, dimension));
                 staged.upsert(req);
@@ -172,6 +175,14 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     for record in recovered.replay.records {
         match record.op {
             Some(wal::Op::Upsert(mut req)) => {
+                if let Some(msg) = state.models.foreign(&req) {
+                    anyhow::bail!(
+                        "{}: the log holds items whose {msg}; start with the models that made them, or re-embed \
+                         the catalogue",
+                        config.data_dir.display(),
+                        msg = msg.trim_start_matches("its ")
+                    );
+                }
                 req.items.iter_mut().for_each(|it| state.models.refuse(it));
                 if let Some(msg) = wrong_dimension(&req, dimension) {
                     anyhow::bail!("{}: {msg}; the log was written with another model", config.data_dir.display());
@@ -259,49 +270,82 @@ impl Staged {
     }
 }
 
-/// Loads the configured models and starts their query batchers.
+/// Loads the configured models (the registry file, or the single-model
+/// flags) and starts their query batchers.
 fn load_models(config: &ShardConfig) -> anyhow::Result<models::Models> {
+    let selection = match &config.models {
+        Some(path) => registry::Selection::from_file(path)?,
+        None => registry::Selection::from_flags(config),
+    };
     let batching = batcher::BatcherConfig {
         max_batch: config.batch_max_size.max(1),
         max_delay: Duration::from_micros(config.batch_max_delay_us),
         max_queue: config.batch_max_queue,
         workers: config.embed_sessions.max(1),
     };
-    let text = if config.no_model {
-        None
-    } else {
-        let mut model = TextModelConfig::new(&config.model_dir, &config.ort_lib);
-        model.sessions = config.embed_sessions;
-        model.intra_threads = config.intra_threads;
-        model.device = config.device;
-        model.pooling = config.pooling;
-        let model = TextEmbedder::load(&model).context("loading the text model")?;
-        Some(models::Served::start(model, batching.clone()).context("starting the text batcher")?)
+    let runtime = embed::RuntimeConfig {
+        ort_library: config.ort_lib.clone(),
+        sessions: config.embed_sessions,
+        intra_threads: config.intra_threads,
+        device: config.device,
     };
-    let image = match &config.image_model_dir {
-        Some(dir) => {
+    let check_dimension = |spec: &registry::ModelSpec, got: usize| match spec.dimension {
+        Some(want) if want != got => {
+            anyhow::bail!("{} gives {got}-dimensional vectors but is declared with dimension {want}", spec.tag())
+        }
+        _ => Ok(()),
+    };
+    let text = match &selection.text {
+        Some(spec) => {
+            let mut model = TextModelConfig::new(&spec.dir, &config.ort_lib);
+            model.onnx_file = spec.onnx.as_ref().map(|_| spec.onnx_path());
+            model.name = spec.name.clone();
+            model.sessions = runtime.sessions;
+            model.intra_threads = runtime.intra_threads;
+            model.device = runtime.device;
+            model.pooling = spec.pooling.map_or(config.pooling, Into::into);
+            if let Some(max) = spec.max_tokens {
+                model.max_tokens = max;
+            }
+            let model = TextEmbedder::load(&model).with_context(|| format!("loading the text model {}", spec.tag()))?;
+            check_dimension(spec, model.dimension())?;
+            Some(models::Served::start(model, batching.clone()).context("starting the text batcher")?)
+        }
+        None => None,
+    };
+    let image = match &selection.image {
+        Some(spec) => {
             let cfg = image_embed::ImageModelConfig {
-                model_dir: dir.clone(),
-                runtime: embed::RuntimeConfig {
-                    ort_library: config.ort_lib.clone(),
-                    sessions: config.embed_sessions,
-                    intra_threads: config.intra_threads,
-                    device: config.device,
-                },
+                model_dir: spec.dir.clone(),
+                onnx_file: spec.onnx.as_ref().map(|_| spec.onnx_path()),
+                name: Some(spec.name.clone()),
+                runtime,
                 max_batch: config.batch_max_size.max(1),
             };
-            let model = image_embed::ImageEmbedder::load(&cfg).context("loading the image model")?;
+            let model = image_embed::ImageEmbedder::load(&cfg)
+                .with_context(|| format!("loading the image model {}", spec.tag()))?;
+            check_dimension(spec, model.dimension())?;
             Some(models::Served::start(model, batching).context("starting the image batcher")?)
         }
         None => None,
     };
     let fusion = fusion::Fusion::new(
-        config.fusion,
-        text.as_ref().map(|t| fusion::Modality { dim: t.model.dimension(), weight: config.text_weight }),
-        image.as_ref().map(|i| fusion::Modality { dim: i.model.dimension(), weight: config.image_weight }),
+        selection.fusion,
+        text.as_ref().map(|t| fusion::Modality { dim: t.model.dimension(), weight: selection.text_weight }),
+        image.as_ref().map(|i| fusion::Modality { dim: i.model.dimension(), weight: selection.image_weight }),
     )?;
-    tracing::info!(fusion = %fusion.describe(), dimension = ?fusion.dimension(), "models ready");
-    Ok(models::Models { text, image, fusion, query_cache: query_cache::QueryCache::new(config.query_cache_entries) })
+    tracing::info!(models = %selection.tag(), fusion = %fusion.describe(), dimension = ?fusion.dimension(), "models ready");
+    Ok(models::Models {
+        text,
+        image,
+        fusion,
+        tags: models::Tags {
+            text: selection.text.as_ref().map(registry::ModelSpec::tag).unwrap_or_default(),
+            image: selection.image.as_ref().map(registry::ModelSpec::tag).unwrap_or_default(),
+            set: selection.tag(),
+        },
+        query_cache: query_cache::QueryCache::new(config.query_cache_entries),
+    })
 }
 
 /// Why an upsert's vectors cannot belong to this shard's model, if they cannot.

@@ -29,11 +29,21 @@ impl<M: crate::batcher::BatchModel> Served<M> {
     }
 }
 
+/// The `name@version` tags of the served models (empty: none), and of the
+/// set they form (`crate::registry`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tags {
+    pub text: String,
+    pub image: String,
+    pub set: String,
+}
+
 /// Everything that turns inputs into vectors on this shard.
 pub struct Models {
     pub text: Option<Served<TextEmbedder>>,
     pub image: Option<Served<ImageEmbedder>>,
     pub fusion: Fusion,
+    pub tags: Tags,
     /// Recent text query embeddings (per-modality, before fusion, so that
     /// they stay right whatever the weights).
     pub query_cache: QueryCache,
@@ -52,13 +62,37 @@ impl Models {
         Embedders { text: self.text.is_some(), image: self.image.is_some() }
     }
 
-    /// `all-MiniLM-L6-v2`, `all-MiniLM-L6-v2 + vitrine-test-vit`, ...
-    pub fn name(&self) -> String {
-        match (&self.text, &self.image) {
-            (Some(t), Some(i)) => format!("{} + {}", t.model.name(), i.model.name()),
-            (Some(t), None) => t.model.name().to_string(),
-            (None, Some(i)) => i.model.name().to_string(),
-            (None, None) => "none (vectors only)".to_string(),
+    /// Tags a record about to be logged, snapshotted or sent to a peer
+    /// with the models whose vectors it carries.
+    pub fn tag(&self, req: &mut pb::ShardUpsertRequest) {
+        req.text_model.clone_from(&self.tags.text);
+        req.image_model.clone_from(&self.tags.image);
+    }
+
+    /// Why a record's vectors cannot be served by these models, if they
+    /// cannot: a modality's vectors made by another version of its model
+    /// are in another space. Untagged records (logged before tags) and a
+    /// modality this shard does not serve (or did not serve then) pass.
+    pub fn foreign(&self, req: &pb::ShardUpsertRequest) -> Option<String> {
+        let modalities = [("text", &req.text_model, &self.tags.text), ("image", &req.image_model, &self.tags.image)];
+        modalities
+            .into_iter()
+            .find(|(_, logged, serving)| !logged.is_empty() && !serving.is_empty() && logged != serving)
+            .map(|(what, logged, serving)| {
+                format!("its {what} vectors were made by {logged}, and this shard serves {serving}")
+            })
+    }
+
+    /// Refuses a query vector another model set embedded (during a model
+    /// change some shards may still serve the old set).
+    pub fn check_query(&self, model: &str) -> Result<(), Status> {
+        if model.is_empty() || model == self.tags.set {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(format!(
+                "the query was embedded with {model}, and this shard serves {}; the shards' models differ",
+                self.tags.set
+            )))
         }
     }
 
@@ -153,8 +187,7 @@ impl Models {
             let fused = self.fusion.fuse(texts[i].as_deref(), images[i].as_deref()).ok_or_else(|| {
                 Status::invalid_argument(format!(
                     "item {:?} has nothing this shard can embed (its models: {})",
-                    it.id,
-                    self.name()
+                    it.id, self.tags.set
                 ))
             })?;
             it.vector = Some(pb::Vector { values: fused });
@@ -193,7 +226,7 @@ impl Models {
     /// A query's vector: text through the query cache and the text
     /// batcher, an image decoded on the blocking pool and through the image
     /// batcher, both at once for both; then fused. Returns the vector and
-    /// the model(s) that made it.
+    /// the tag of the model set whose space it is in.
     pub async fn embed_query(
         &self,
         query: Query,
@@ -208,16 +241,11 @@ impl Models {
                 (Some(t?), Some(i?))
             }
         };
-        let model = match (&text, &image) {
-            (Some(_), Some(_)) => self.name(),
-            (Some(_), None) => self.text_name(),
-            _ => self.image_name(),
-        };
         let fused = self
             .fusion
             .fuse(text.as_deref().map(Vec::as_slice), image.as_deref())
             .ok_or_else(|| Status::internal("fusion produced no vector"))?;
-        Ok((fused, model))
+        Ok((fused, self.tags.set.clone()))
     }
 
     async fn text_query(&self, text: String, deadline: Instant) -> Result<Arc<Vec<f32>>, Status> {

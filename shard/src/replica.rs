@@ -177,6 +177,7 @@ pub fn fetch(state: &ShardState, req: &pb::SyncFetchRequest) -> pb::SyncFetchRes
             signals.versions.push(v);
         }
     }
+    state.models.tag(&mut items);
     pb::SyncFetchResponse { items: Some(items), deleted: Some(deleted), events: Some(events), signals: Some(signals) }
 }
 
@@ -304,6 +305,8 @@ enum SyncError {
     Rpc(#[from] tonic::Status),
     #[error("peer sent an item {id:?} with a {got}-dimensional vector; this replica has {want}")]
     Dimension { id: String, got: usize, want: usize },
+    #[error("peer sent items whose vectors this replica cannot serve: {0}")]
+    Models(String),
 }
 
 async fn sync_from(state: &Arc<ShardState>, mut client: PeerClient, applied: &mut Applied) -> Result<(), SyncError> {
@@ -328,6 +331,9 @@ async fn sync_from(state: &Arc<ShardState>, mut client: PeerClient, applied: &mu
             };
             let got = client.sync_fetch(req).await?.into_inner();
             if let Some(up) = got.items.filter(|u| !u.items.is_empty()) {
+                if let Some(why) = state.models.foreign(&up) {
+                    return Err(SyncError::Models(why));
+                }
                 let want = state.catalog.dimension();
                 if let Some(bad) = up.items.iter().find(|it| it.vector.as_ref().is_none_or(|v| v.values.len() != want))
                 {

@@ -267,19 +267,10 @@ fn sync(dir: &Path) -> Result<(), RestoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{recover, Captured, SnapshotPolicy, Snapshots};
-    use crate::wal::{FsyncPolicy, Op, WalOptions, WalRecord};
-    use vitrine_proto::pb;
+    use crate::store::{recover, SnapshotPolicy, Snapshots};
+    use crate::wal::{FsyncPolicy, WalOptions};
 
-    fn rec(i: u32) -> WalRecord {
-        WalRecord { op: Some(Op::Delete(pb::ShardDeleteRequest { ids: vec![format!("item-{i}")], versions: vec![] })) }
-    }
-
-    fn state() -> Captured {
-        let event = pb::Event { user_id: "u".into(), item_id: "i".into(), r#type: 1, timestamp_ms: 1 };
-        let events = vec![crate::profiles::StoredEvent { version: 1, event }];
-        Captured { items: Vec::new(), deleted: Vec::new(), events, users: 1, signals: Vec::new(), dimension: 4 }
-    }
+    use crate::store::fixtures::{rec, small_state as state};
 
     fn options() -> WalOptions {
         WalOptions::new(FsyncPolicy::Always)

@@ -93,6 +93,8 @@ impl ShardState {
             users: self.profiles.len() as u64,
             signals: self.signals.export(),
             dimension: self.catalog.dimension(),
+            text_model: self.models.tags.text.clone(),
+            image_model: self.models.tags.image.clone(),
         })
     }
 
@@ -239,7 +241,7 @@ impl pb::shard_server::Shard for ShardService {
         let span =
             tracing::info_span!("shard.upsert", shard = self.state.shard_id, items = request.get_ref().items.len());
         async move {
-            let pb::ShardUpsertRequest { mut items, versions } = request.into_inner();
+            let pb::ShardUpsertRequest { mut items, versions, .. } = request.into_inner();
             check_versions("items", items.len(), &versions)?;
             let dim = self.state.catalog.dimension();
             let models = &self.state.models;
@@ -254,7 +256,9 @@ impl pb::shard_server::Shard for ShardService {
                 }
             }
             let n = items.len() as u32;
-            let record = WalRecord { op: Some(Op::Upsert(pb::ShardUpsertRequest { items, versions })) };
+            let mut req = pb::ShardUpsertRequest { items, versions, ..Default::default() };
+            models.tag(&mut req);
+            let record = WalRecord { op: Some(Op::Upsert(req)) };
             let state = Arc::clone(&self.state);
             blocking(move || state.log_and_apply(record)).await??;
             self.state.catalog.maybe_compact_in_background();
@@ -306,6 +310,7 @@ impl pb::shard_server::Shard for ShardService {
         async move {
             serving_reads(&self.state)?;
             let req = request.into_inner();
+            self.state.models.check_query(&req.model)?;
             let dim = self.state.catalog.dimension();
             let query = match (&req.vector, &req.source) {
                 (Some(v), _) => Some(validate::vector("query vector", &v.values, dim)?),
@@ -503,6 +508,7 @@ impl pb::shard_server::Shard for ShardService {
             deleted_ids: s.catalog.deleted_ids() as u64,
             image_model: s.models.image_name(),
             fusion: s.models.fusion.describe(),
+            model_set: s.models.tags.set.clone(),
         }))
     }
 

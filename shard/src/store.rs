@@ -231,6 +231,9 @@ pub struct Captured {
     /// Signal entries with their versions, cleared ones included.
     pub signals: Vec<(pb::ItemSignals, u64)>,
     pub dimension: usize,
+    /// The models whose vectors the items carry (`crate::registry`).
+    pub text_model: String,
+    pub image_model: String,
 }
 
 /// Items per upsert record in a snapshot (about 2 MB at 384 dimensions).
@@ -243,11 +246,12 @@ impl Captured {
     /// Records that rebuild the state when applied to an empty shard,
     /// encoded lazily so a large catalogue is never copied whole.
     fn into_records(self) -> impl Iterator<Item = WalRecord> {
-        let Captured { items, deleted, events, signals, .. } = self;
-        let items = chunked(items, ITEMS_PER_RECORD).map(|chunk| {
+        let Captured { items, deleted, events, signals, text_model, image_model, .. } = self;
+        let items = chunked(items, ITEMS_PER_RECORD).map(move |chunk| {
             let versions = chunk.iter().map(|it| it.version).collect();
             let items = chunk.iter().map(|it| it.to_wire(true)).collect();
-            WalRecord { op: Some(Op::Upsert(pb::ShardUpsertRequest { items, versions })) }
+            let (text_model, image_model) = (text_model.clone(), image_model.clone());
+            WalRecord { op: Some(Op::Upsert(pb::ShardUpsertRequest { items, versions, text_model, image_model })) }
         });
         let deleted = chunked(deleted, DELETES_PER_RECORD).map(|chunk| {
             let (ids, versions) = chunk.into_iter().unzip();
@@ -273,21 +277,39 @@ fn chunked<T>(v: Vec<T>, n: usize) -> impl Iterator<Item = Vec<T>> {
     })
 }
 
+/// What the store's and the restore's tests build on.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A one-id delete: the cheapest record.
+    pub(crate) fn rec(i: u32) -> WalRecord {
+        WalRecord { op: Some(Op::Delete(pb::ShardDeleteRequest { ids: vec![format!("item-{i}")], versions: vec![] })) }
+    }
+
+    /// A small state; the data file must have bytes to damage.
+    pub(crate) fn small_state() -> Captured {
+        let event = pb::Event { user_id: "u".into(), item_id: "i".into(), r#type: 1, timestamp_ms: 1 };
+        let events = vec![crate::profiles::StoredEvent { version: 1, event }];
+        Captured {
+            items: Vec::new(),
+            deleted: Vec::new(),
+            events,
+            users: 1,
+            signals: Vec::new(),
+            dimension: 4,
+            text_model: String::new(),
+            image_model: String::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wal::FsyncPolicy;
 
-    fn rec(i: u32) -> WalRecord {
-        WalRecord { op: Some(Op::Delete(pb::ShardDeleteRequest { ids: vec![format!("item-{i}")], versions: vec![] })) }
-    }
-
-    /// A small state; the data file must have bytes to damage.
-    fn empty() -> Captured {
-        let event = pb::Event { user_id: "u".into(), item_id: "i".into(), r#type: 1, timestamp_ms: 1 };
-        let events = vec![crate::profiles::StoredEvent { version: 1, event }];
-        Captured { items: Vec::new(), deleted: Vec::new(), events, users: 1, signals: Vec::new(), dimension: 4 }
-    }
+    use super::fixtures::{rec, small_state as empty};
 
     #[test]
     fn chunks_cover_everything_once() {

@@ -326,7 +326,7 @@ fn arb_record() -> BoxedStrategy<WalRecord> {
     let versions = || prop::collection::vec(any::<u64>(), 0..5);
     let op = prop_oneof![
         3 => (prop::collection::vec(arb_item(), 1..4), versions())
-            .prop_map(|(items, versions)| Op::Upsert(pb::ShardUpsertRequest { items, versions })),
+            .prop_map(|(items, versions)| Op::Upsert(pb::ShardUpsertRequest { items, versions, ..Default::default() })),
         2 => (prop::collection::vec(arb_id(), 0..5), versions())
             .prop_map(|(ids, versions)| Op::Delete(pb::ShardDeleteRequest { ids, versions })),
         2 => (prop::collection::vec(event, 1..5), versions())

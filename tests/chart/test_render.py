@@ -326,6 +326,29 @@ def test_configmap_carries_settings(default_objs):
     assert ann(default_objs, shard_sts) != ann(objs, shard_sts)
 
 
+def test_an_image_model_is_mounted_and_configured():
+    default_cm = one(chartlib.render({}), "ConfigMap", f"{R}-config")["data"]
+    assert not any(k in default_cm for k in ("VITRINE_SHARD_IMAGE_MODEL_DIR", "VITRINE_SHARD_FUSION"))
+    values = {"shard": {"imageModel": {"dir": "/opt/vitrine/image-model", "textWeight": 0.6, "imageWeight": 0.4,
+                                       "volume": {"persistentVolumeClaim": {"claimName": "vit-base", "readOnly": True}}}}}
+    objs = chartlib.render(values)
+    cm = one(objs, "ConfigMap", f"{R}-config")["data"]
+    assert cm["VITRINE_SHARD_IMAGE_MODEL_DIR"] == "/opt/vitrine/image-model"
+    assert (cm["VITRINE_SHARD_FUSION"], cm["VITRINE_SHARD_TEXT_WEIGHT"], cm["VITRINE_SHARD_IMAGE_WEIGHT"]) == \
+        ("concat", "0.6", "0.4")
+    pod = shard_sts(objs)["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "image-model"]
+    assert volume["persistentVolumeClaim"]["claimName"] == "vit-base"
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "image-model"]
+    assert mount == {"name": "image-model", "mountPath": "/opt/vitrine/image-model", "readOnly": True}
+    # The router does not load models.
+    assert all(v["name"] != "image-model" for v in router_deploy(objs)["spec"]["template"]["spec"]["volumes"])
+    # A directory the image already has needs no volume.
+    baked = chartlib.render({"shard": {"imageModel": {"dir": "/opt/models/clip"}}})
+    assert one(baked, "ConfigMap", f"{R}-config")["data"]["VITRINE_SHARD_IMAGE_MODEL_DIR"] == "/opt/models/clip"
+    assert all(v["name"] != "image-model" for v in shard_sts(baked)["spec"]["template"]["spec"]["volumes"])
+
+
 def test_a_tls_collector_gets_its_ca_in_both_workloads():
     values = {"tracing": {"otlpEndpoint": "https://otel-collector.obs:4317", "caSecret": "otel-ca"}}
     objs = chartlib.render(values)

@@ -148,6 +148,10 @@ BAD_VALUES = [
     {"tracing": {"otlpEndpoint": "http://otel-collector:4317", "caSecret": "otel-ca"}},
     {"tracing": {"caSecret": "otel-ca"}},
     {"tracing": {"sampleRatio": 2}},
+    {"shard": {"imageModel": {"dir": "models/vit"}}},
+    {"shard": {"imageModel": {"volume": {"emptyDir": {}}}}},
+    {"shard": {"imageModel": {"fusion": "average"}}},
+    {"shard": {"imageModel": {"imageWeight": 0}}},
     {"unknownTopLevel": True},
 ]
 
