@@ -106,6 +106,21 @@ pub fn vector(what: &str, v: &[f32], dim: usize) -> Result<Vec<f32>, InvalidInpu
     Ok(v.iter().map(|x| (f64::from(*x) / norm) as f32).collect())
 }
 
+/// Checks a query text: not blank, within the description limit.
+pub fn query_text(text: &str, limits: &Limits) -> Result<(), InvalidInput> {
+    if text.trim().is_empty() {
+        return Err(InvalidInput::new("query text is empty"));
+    }
+    if text.len() > limits.max_description_bytes {
+        return Err(InvalidInput::new(format!(
+            "query text is {} bytes; the limit is {}",
+            text.len(),
+            limits.max_description_bytes
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that bytes are a decodable JPEG, PNG or WebP within the pixel limit.
 /// Returns (width, height). Decodes fully, because a valid header can front a
 /// truncated or corrupt body.

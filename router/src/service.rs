@@ -304,7 +304,7 @@ impl Router {
         let limits = &self.settings.limits;
         match query {
             Some(Query::Text(text)) => {
-                query_text(&text, limits)?;
+                validate::query_text(&text, limits)?;
                 self.shards.embed(deadline, pb::embed_request::Input::Text(text)).await
             }
             Some(Query::Image(bytes)) => {
@@ -312,7 +312,7 @@ impl Router {
                 self.shards.embed(deadline, pb::embed_request::Input::Image(bytes)).await
             }
             Some(Query::Multimodal(q)) => {
-                query_text(&q.text, limits)?;
+                validate::query_text(&q.text, limits)?;
                 if q.image.is_empty() {
                     return Err(Status::invalid_argument("multimodal query has no image; send text and image"));
                 }
@@ -326,21 +326,6 @@ impl Router {
             None => Err(Status::invalid_argument("search needs a query: text, image, both, or a vector")),
         }
     }
-}
-
-/// Checks a query text: not blank, within the description limit.
-fn query_text(text: &str, limits: &vitrine_proto::Limits) -> Result<(), Status> {
-    if text.trim().is_empty() {
-        return Err(Status::invalid_argument("query text is empty"));
-    }
-    if text.len() > limits.max_description_bytes {
-        return Err(Status::invalid_argument(format!(
-            "query text is {} bytes; the limit is {}",
-            text.len(),
-            limits.max_description_bytes
-        )));
-    }
-    Ok(())
 }
 
 /// The tonic service wrapper.

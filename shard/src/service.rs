@@ -358,19 +358,7 @@ impl pb::shard_server::Shard for ShardService {
         let deadline = Instant::now() + timeout::from_metadata(request.metadata()).unwrap_or(Duration::from_secs(1));
         async move {
             let limits = &self.state.limits;
-            let check_text = |text: &str| {
-                if text.trim().is_empty() {
-                    return Err(Status::invalid_argument("query text is empty"));
-                }
-                if text.len() > limits.max_description_bytes {
-                    return Err(Status::invalid_argument(format!(
-                        "query text is {} bytes; the limit is {}",
-                        text.len(),
-                        limits.max_description_bytes
-                    )));
-                }
-                Ok(())
-            };
+            let check_text = |text: &str| validate::query_text(text, limits);
             let query = match request.into_inner().input {
                 Some(pb::embed_request::Input::Text(text)) => {
                     check_text(&text)?;

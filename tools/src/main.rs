@@ -591,6 +591,7 @@ async fn main() -> anyhow::Result<()> {
                     .iter()
                     .map(|s| serde_json::json!({"shard": s.shard, "address": s.address, "state": s.state, "items": s.items,
                         "tombstones": s.tombstones, "users": s.users, "model": s.model, "execution_provider": s.execution_provider,
+                        "model_set": s.model_set, "image_model": s.image_model, "fusion": s.fusion,
                         "virtual_shards": s.virtual_shards, "wal_last_seq": s.wal_last_seq,
                         "snapshot_seq": s.snapshot_seq, "wal_bytes": s.wal_bytes}))
                     .collect();

@@ -82,7 +82,7 @@ pub fn info_table(r: &pb::ClusterInfoResponse) -> String {
         "tombstones",
         "users",
         "vshards",
-        "model",
+        "models",
         "provider",
         "wal seq",
         "snapshot seq",
@@ -102,14 +102,17 @@ pub fn info_table(r: &pb::ClusterInfoResponse) -> String {
             s.tombstones.to_string(),
             s.users.to_string(),
             s.virtual_shards.to_string(),
-            s.model.clone(),
+            // The set with versions; shards from before sets existed have
+            // only the text model's name.
+            if s.model_set.is_empty() { s.model.clone() } else { s.model_set.clone() },
             s.execution_provider.clone(),
             s.wal_last_seq.to_string(),
             s.snapshot_seq.to_string(),
             s.wal_bytes.to_string(),
         ]);
     }
-    format!("{t}\n{} virtual shards, dimension {}", r.virtual_shards, r.dimension)
+    let fusion = r.shards.iter().map(|s| s.fusion.as_str()).find(|f| !f.is_empty()).unwrap_or("text only");
+    format!("{t}\n{} virtual shards, dimension {}, fusion: {fusion}", r.virtual_shards, r.dimension)
 }
 
 /// The result of `vitrine snapshot`.
