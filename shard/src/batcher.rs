@@ -7,8 +7,11 @@
 //! a single one but serves 8 (docs/PERFORMANCE.md). Each worker (one per ORT
 //! session) takes the first waiting query and every other query already
 //! queued; if there were others, it keeps collecting for at most
-//! `max_delay` or until `max_batch`. It drops queries whose deadline passed
-//! while they waited and embeds the rest in one call. Queue time per query,
+//! `max_delay` or until `max_batch`. When more are waiting than fit in one
+//! batch (up to four batches' worth), it batches the oldest query with the
+//! ones closest to it in size, since a batch of texts pads to its longest
+//! ([`pick_batch`]). It drops queries whose deadline passed while they
+//! waited and embeds the rest in one call. Queue time per query,
 //! compute time and size per batch go to `crate::metrics`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +31,13 @@ pub trait BatchModel: Send + Sync + 'static {
     const MODALITY: &'static str;
     /// One unit vector per input, in order.
     fn embed_batch(&self, inputs: &[Self::Input]) -> Result<Vec<Vec<f32>>, String>;
+
+    /// What a batch pads to: inputs of similar size are batched together
+    /// when more are waiting than fit in one batch. Texts: their length
+    /// (a batch pads to its longest); images: all one size.
+    fn size_of(_input: &Self::Input) -> usize {
+        0
+    }
 }
 
 impl BatchModel for TextEmbedder {
@@ -39,6 +49,10 @@ impl BatchModel for TextEmbedder {
     fn embed_batch(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, String> {
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         self.embed(&refs).map_err(|e| e.to_string())
+    }
+
+    fn size_of(input: &String) -> usize {
+        input.len()
     }
 }
 
@@ -143,6 +157,32 @@ impl<M: BatchModel> Batcher<M> {
     }
 }
 
+/// How many batches' worth of waiting queries a worker looks at when it
+/// groups them by size.
+const LOOKAHEAD_BATCHES: usize = 4;
+
+/// Which of the waiting inputs (sizes, oldest first) form the next batch:
+/// all of them when they fit; otherwise `max_batch` inputs adjacent in size
+/// order that include the oldest (so no query waits behind ever newer
+/// ones), choosing, among such windows, the one with the smallest spread of
+/// sizes. Returns indices into `sizes`, ascending.
+fn pick_batch(sizes: &[usize], max_batch: usize) -> Vec<usize> {
+    let max_batch = max_batch.max(1);
+    if sizes.len() <= max_batch {
+        return (0..sizes.len()).collect();
+    }
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    // Ties keep arrival order, so equal sizes are served oldest first.
+    order.sort_by_key(|&i| (sizes[i], i));
+    let oldest = order.iter().position(|&i| i == 0).unwrap_or(0);
+    let first = oldest.saturating_sub(max_batch - 1);
+    let last = oldest.min(sizes.len() - max_batch);
+    let start = (first..=last).min_by_key(|&s| (sizes[order[s + max_batch - 1]] - sizes[order[s]], s)).unwrap_or(first);
+    let mut picked = order[start..start + max_batch].to_vec();
+    picked.sort_unstable();
+    picked
+}
+
 fn worker<M: BatchModel>(
     rx: &Receiver<Job<M::Input>>,
     embedder: &M,
@@ -150,27 +190,48 @@ fn worker<M: BatchModel>(
     stats: &BatchStats,
     config: &BatcherConfig,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+    // Jobs this worker has taken from the channel but not yet batched,
+    // oldest first; they still count in `queued`.
+    let mut pending: Vec<Job<M::Input>> = Vec::new();
+    let lookahead = config.max_batch.saturating_mul(LOOKAHEAD_BATCHES);
+    loop {
+        if pending.is_empty() {
+            match rx.recv() {
+                Ok(job) => pending.push(job),
+                Err(_) => return,
+            }
+        }
         // Take what is already waiting. Under load, queries pile up while the
         // previous batch computes, so this alone forms full batches.
-        while batch.len() < config.max_batch {
+        while pending.len() < lookahead {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => pending.push(job),
                 Err(_) => break,
             }
         }
         // Wait for companions only when others were waiting too: a lone
         // query on an idle shard should not pay the delay for nothing.
-        if batch.len() > 1 {
+        if pending.len() > 1 && pending.len() < config.max_batch {
             let until = Instant::now() + config.max_delay;
-            while batch.len() < config.max_batch {
+            while pending.len() < config.max_batch {
                 match rx.recv_deadline(until) {
-                    Ok(job) => batch.push(job),
+                    Ok(job) => pending.push(job),
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
             }
         }
+        let sizes: Vec<usize> = pending.iter().map(|j| M::size_of(&j.input)).collect();
+        let picked = pick_batch(&sizes, config.max_batch);
+        let mut batch = Vec::with_capacity(picked.len());
+        let mut rest = Vec::with_capacity(pending.len() - picked.len());
+        for (i, job) in pending.drain(..).enumerate() {
+            if picked.binary_search(&i).is_ok() {
+                batch.push(job);
+            } else {
+                rest.push(job);
+            }
+        }
+        pending = rest;
         queued.fetch_sub(batch.len(), Ordering::AcqRel);
         let metrics = crate::metrics::get();
         let queue_seconds = metrics.embed_queue_seconds.with_label_values(&[M::MODALITY]);
@@ -213,6 +274,97 @@ fn worker<M: BatchModel>(
                     let _ = reply.send(Err(BatchError::Embed(e.clone())));
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_group_similar_sizes_and_always_take_the_oldest() {
+        assert_eq!(pick_batch(&[5, 9, 1], 4), vec![0, 1, 2], "everything fits");
+        // Oldest is 10 long: it goes with the other long ones.
+        let sizes = [10, 1, 11, 2, 12, 3, 13, 4];
+        assert_eq!(pick_batch(&sizes, 4), vec![0, 2, 4, 6]);
+        // Oldest is short: the short ones.
+        let sizes = [1, 10, 2, 11, 3, 12, 4, 13];
+        assert_eq!(pick_batch(&sizes, 4), vec![0, 2, 4, 6]);
+        // The oldest is the longest: the window ends at it.
+        assert_eq!(pick_batch(&[50, 1, 2, 3, 40, 45], 3), vec![0, 4, 5]);
+        // All one size (images): arrival order.
+        assert_eq!(pick_batch(&[0; 10], 4), vec![0, 1, 2, 3]);
+        assert_eq!(pick_batch(&[7, 7], 0), vec![0], "a batch holds at least one");
+    }
+
+    /// A model that records the sizes of each batch and answers each input
+    /// with its own size.
+    struct Recorder {
+        batches: parking_lot::Mutex<Vec<Vec<usize>>>,
+        /// The model call waits until the test opens it.
+        open: std::sync::atomic::AtomicBool,
+        /// Model calls started.
+        calls: AtomicUsize,
+    }
+
+    impl BatchModel for Recorder {
+        type Input = String;
+        const MODALITY: &'static str = "text";
+
+        fn embed_batch(&self, inputs: &[String]) -> Result<Vec<Vec<f32>>, String> {
+            self.calls.fetch_add(1, Ordering::AcqRel);
+            while !self.open.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.batches.lock().push(inputs.iter().map(String::len).collect());
+            Ok(inputs.iter().map(|t| vec![t.len() as f32]).collect())
+        }
+
+        fn size_of(input: &String) -> usize {
+            input.len()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_texts_are_batched_by_length() {
+        let model =
+            Arc::new(Recorder { batches: Default::default(), open: Default::default(), calls: Default::default() });
+        let config = BatcherConfig { max_batch: 4, max_delay: Duration::from_millis(1), ..BatcherConfig::default() };
+        let batcher = Arc::new(Batcher::start(Arc::clone(&model), config).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The model is held (closed) so that 16 texts of alternating lengths
+        // queue up behind the first.
+        let first = {
+            let b = Arc::clone(&batcher);
+            tokio::spawn(async move { b.embed("x".into(), deadline).await })
+        };
+        // The first text is in the model (alone) before the others arrive.
+        while model.calls.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let calls: Vec<_> = (0..16)
+            .map(|i| {
+                let text = if i % 2 == 0 { "s".repeat(3 + i) } else { "l".repeat(100 + i) };
+                let b = Arc::clone(&batcher);
+                tokio::spawn(async move { (text.len(), b.embed(text, deadline).await) })
+            })
+            .collect();
+        while batcher.queued.load(Ordering::Acquire) < 16 {
+            tokio::task::yield_now().await;
+        }
+        model.open.store(true, Ordering::Release);
+        assert_eq!(first.await.unwrap().unwrap(), vec![1.0]);
+        for call in calls {
+            let (len, got) = call.await.unwrap();
+            assert_eq!(got.unwrap(), vec![len as f32], "each text gets its own vector");
+        }
+        let batches = model.batches.lock().clone();
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 17);
+        assert_eq!(batches[0], vec![1], "the first text ran alone");
+        for b in &batches[1..] {
+            let (lo, hi) = (b.iter().min().unwrap(), b.iter().max().unwrap());
+            assert!(hi - lo < 50, "a batch mixed short and long texts: {batches:?}");
         }
     }
 }
