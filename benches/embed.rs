@@ -56,6 +56,25 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
+/// Runs `embed` on consecutive chunks of `bs` inputs: inputs per second over
+/// the whole pass, and the median time of one chunk in ms.
+fn timed_batches<T, E: std::error::Error + Send + Sync + 'static>(
+    inputs: &[T],
+    bs: usize,
+    mut embed: impl FnMut(&[T]) -> Result<(), E>,
+) -> anyhow::Result<(f64, f64)> {
+    let mut lat = Vec::new();
+    let started = Instant::now();
+    for chunk in inputs.chunks(bs.max(1)) {
+        let t = Instant::now();
+        embed(chunk)?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    Ok((inputs.len() as f64 / secs, percentile(&lat, 0.5)))
+}
+
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     match (&a.images, &a.titles) {
@@ -73,21 +92,11 @@ fn text(a: &Args, titles: &PathBuf) -> anyhow::Result<()> {
     let e = TextEmbedder::load(&cfg)?;
     e.embed(&titles[..titles.len().min(64)])?; // warm-up
     for &bs in &a.batch {
-        let mut lat = Vec::new();
-        let started = Instant::now();
-        for chunk in titles.chunks(bs) {
-            let t = Instant::now();
-            e.embed(chunk)?;
-            lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        let secs = started.elapsed().as_secs_f64();
-        lat.sort_by(f64::total_cmp);
+        let (per_s, p50) = timed_batches(&titles, bs, |chunk| e.embed(chunk).map(drop))?;
         println!(
-            "{{\"engine\": \"vitrine (Rust, ort)\", \"batch\": {bs}, \"threads\": {}, \"n\": {}, \"per_s\": {:.1}, \"batch_p50_ms\": {:.2}}}",
+            "{{\"engine\": \"vitrine (Rust, ort)\", \"batch\": {bs}, \"threads\": {}, \"n\": {}, \"per_s\": {per_s:.1}, \"batch_p50_ms\": {p50:.2}}}",
             a.threads,
             titles.len(),
-            titles.len() as f64 / secs,
-            percentile(&lat, 0.5)
         );
     }
     if let Some(clients) = a.served {
@@ -181,21 +190,11 @@ fn images(a: &Args, dir: &PathBuf) -> anyhow::Result<()> {
     let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
     model.embed(&refs[..refs.len().min(8)])?; // warm-up
     for &bs in &a.batch {
-        let mut lat = Vec::new();
-        let started = Instant::now();
-        for chunk in refs.chunks(bs) {
-            let t = Instant::now();
-            model.embed(chunk)?;
-            lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        let secs = started.elapsed().as_secs_f64();
-        lat.sort_by(f64::total_cmp);
+        let (per_s, p50) = timed_batches(&refs, bs, |chunk| model.embed(chunk).map(drop))?;
         println!(
-            "{{\"engine\": \"vitrine (Rust, ort)\", \"stage\": \"model\", \"batch\": {bs}, \"threads\": {}, \"n\": {}, \"per_s\": {:.1}, \"batch_p50_ms\": {:.2}}}",
+            "{{\"engine\": \"vitrine (Rust, ort)\", \"stage\": \"model\", \"batch\": {bs}, \"threads\": {}, \"n\": {}, \"per_s\": {per_s:.1}, \"batch_p50_ms\": {p50:.2}}}",
             a.threads,
             refs.len(),
-            refs.len() as f64 / secs,
-            percentile(&lat, 0.5)
         );
     }
     Ok(())

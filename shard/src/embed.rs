@@ -78,8 +78,10 @@ impl std::str::FromStr for Device {
     }
 }
 
-/// How token vectors become one text vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+/// How token vectors become one text vector (`--pooling`, or `pooling` in
+/// a model registry file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Pooling {
     /// Mean over the tokens the attention mask keeps (sentence-transformers).
     #[default]

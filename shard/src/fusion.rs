@@ -25,8 +25,10 @@
 //! modality's cosine alone: the index finds candidates by the fused vector,
 //! the shard rescores them with the stored per-modality vectors.
 
-/// How the modalities combine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+/// How the modalities combine (`--fusion`, or `fusion` in a model
+/// registry file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FusionMode {
     /// Weighted concatenation: for models with separate vector spaces.
     #[default]

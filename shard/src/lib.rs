@@ -303,7 +303,7 @@ fn load_models(config: &ShardConfig) -> anyhow::Result<models::Models> {
             model.sessions = runtime.sessions;
             model.intra_threads = runtime.intra_threads;
             model.device = runtime.device;
-            model.pooling = spec.pooling.map_or(config.pooling, Into::into);
+            model.pooling = spec.pooling.unwrap_or(config.pooling);
             if let Some(max) = spec.max_tokens {
                 model.max_tokens = max;
             }

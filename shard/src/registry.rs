@@ -57,7 +57,7 @@ pub struct ModelSpec {
     pub onnx: Option<PathBuf>,
     /// Text models: token vectors to one vector (default `mean`).
     #[serde(default)]
-    pub pooling: Option<PoolingName>,
+    pub pooling: Option<Pooling>,
     /// Text models: longest input in tokens (default 256).
     #[serde(default)]
     pub max_tokens: Option<usize>,
@@ -68,23 +68,6 @@ pub struct ModelSpec {
     /// unit vectors.
     #[serde(default)]
     pub normalize: Option<bool>,
-}
-
-/// `mean` or `cls`, as in `--pooling`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolingName {
-    Mean,
-    Cls,
-}
-
-impl From<PoolingName> for Pooling {
-    fn from(p: PoolingName) -> Self {
-        match p {
-            PoolingName::Mean => Pooling::Mean,
-            PoolingName::Cls => Pooling::Cls,
-        }
-    }
 }
 
 impl ModelSpec {
@@ -108,28 +91,11 @@ pub struct Serve {
     #[serde(default)]
     pub image: Option<String>,
     #[serde(default)]
-    pub fusion: Option<FusionName>,
+    pub fusion: Option<FusionMode>,
     #[serde(default)]
     pub text_weight: Option<f32>,
     #[serde(default)]
     pub image_weight: Option<f32>,
-}
-
-/// `concat` or `sum`, as in `--fusion`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FusionName {
-    Concat,
-    Sum,
-}
-
-impl From<FusionName> for FusionMode {
-    fn from(f: FusionName) -> Self {
-        match f {
-            FusionName::Concat => FusionMode::Concat,
-            FusionName::Sum => FusionMode::Sum,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,7 +175,7 @@ impl Selection {
         Ok(Self {
             text: pick(&serve.text, Kind::Text)?,
             image: pick(&serve.image, Kind::Image)?,
-            fusion: serve.fusion.map_or(FusionMode::Concat, Into::into),
+            fusion: serve.fusion.unwrap_or_default(),
             text_weight: serve.text_weight.unwrap_or(1.0),
             image_weight: serve.image_weight.unwrap_or(1.0),
         })
@@ -223,10 +189,7 @@ impl Selection {
             kind: Kind::Text,
             dir: config.model_dir.clone(),
             onnx: None,
-            pooling: Some(match config.pooling {
-                Pooling::Mean => PoolingName::Mean,
-                Pooling::Cls => PoolingName::Cls,
-            }),
+            pooling: Some(config.pooling),
             max_tokens: None,
             dimension: None,
             normalize: None,
@@ -281,7 +244,7 @@ mod tests {
         .expect("valid");
         let t = s.text.as_ref().expect("text");
         assert_eq!((t.version.as_str(), t.dir.as_path()), ("2", Path::new("/etc/vitrine/minilm")));
-        assert_eq!(t.pooling, Some(PoolingName::Cls));
+        assert_eq!(t.pooling, Some(Pooling::Cls));
         assert_eq!(t.onnx_path(), Path::new("/etc/vitrine/minilm/model.onnx"));
         assert_eq!(s.image.as_ref().map(|i| i.dir.as_path()), Some(Path::new("/m/vit")));
         assert_eq!((s.fusion, s.text_weight, s.image_weight), (FusionMode::Sum, 1.0, 0.5));
