@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let state = vitrine_shard::open(&config)?;
     let replay_s = t.elapsed().as_secs_f64();
-    assert_eq!(state.catalog.len(), args.items);
+    assert_eq!(state.catalog().len(), args.items);
     let t = Instant::now();
     let snap = state.snapshot()?;
     let snapshot_s = t.elapsed().as_secs_f64();
@@ -104,7 +104,7 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let state = vitrine_shard::open(&config)?;
     let load_s = t.elapsed().as_secs_f64();
-    assert_eq!(state.catalog.len(), args.items);
+    assert_eq!(state.catalog().len(), args.items);
     let wal_bytes: u64 = std::fs::read_dir(dir.path())?
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("wal-"))

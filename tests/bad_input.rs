@@ -52,7 +52,7 @@ async fn bad_ids(ctx: &Ctx) -> Result<()> {
         "neither a vector nor a title",
     )?;
     expect(
-        c.get_items(pb::GetItemsRequest { ids: vec!["".into()], with_vectors: false }).await,
+        c.get_items(pb::GetItemsRequest { ids: vec!["".into()], with_vectors: false, ..Default::default() }).await,
         Code::InvalidArgument,
         "empty",
     )?;
@@ -97,7 +97,10 @@ async fn a_bad_item_rejects_the_whole_batch(ctx: &Ctx) -> Result<()> {
     let good = item("batch-good-1", "Blue canvas tote bag");
     let bad = with_vector("batch-bad-1", vec![1.0; 5]);
     expect(c.upsert_items(upsert(vec![good.clone(), bad])).await, Code::InvalidArgument, "dimension 5")?;
-    let got = c.get_items(pb::GetItemsRequest { ids: vec![good.id.clone()], with_vectors: false }).await?.into_inner();
+    let got = c
+        .get_items(pb::GetItemsRequest { ids: vec![good.id.clone()], with_vectors: false, ..Default::default() })
+        .await?
+        .into_inner();
     ensure!(got.items.is_empty(), "a rejected batch wrote {:?}", got.items);
     Ok(())
 }
@@ -196,7 +199,7 @@ async fn oversized_messages_are_refused(ctx: &Ctx) -> Result<()> {
 async fn acknowledged_data_survives_all_of_the_above(ctx: &Ctx) -> Result<()> {
     let mut c = connect(&ctx.url).await?;
     let ids: Vec<String> = ctx.seed.iter().map(|i| i.id.clone()).collect();
-    let got = c.get_items(pb::GetItemsRequest { ids, with_vectors: false }).await?.into_inner();
+    let got = c.get_items(pb::GetItemsRequest { ids, with_vectors: false, ..Default::default() }).await?.into_inner();
     ensure!(got.missing.is_empty(), "lost {:?}", got.missing);
     let r = c.search(text_query(&ctx.seed[0].title, 1)).await?.into_inner();
     ensure!(r.hits[0].id == ctx.seed[0].id);

@@ -65,8 +65,10 @@ async fn scores_are_sorted_and_vectors_unit_length(ctx: &Ctx) -> Result<()> {
     ensure!(r.hits.len() == 50, "{} hits", r.hits.len());
     ensure!(r.hits.windows(2).all(|w| w[0].score >= w[1].score), "scores not descending");
     ensure!(ids(&r).iter().collect::<HashSet<_>>().len() == 50, "duplicate ids in results");
-    let got =
-        c.get_items(pb::GetItemsRequest { ids: vec![r.hits[0].id.clone()], with_vectors: true }).await?.into_inner();
+    let got = c
+        .get_items(pb::GetItemsRequest { ids: vec![r.hits[0].id.clone()], with_vectors: true, ..Default::default() })
+        .await?
+        .into_inner();
     let v = &got.items[0].vector.as_ref().context("no vector")?.values;
     ensure!(v.len() == 384, "dimension {}", v.len());
     let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -108,7 +110,7 @@ async fn get_items_round_trips(ctx: &Ctx) -> Result<()> {
     let want: Vec<&pb::Item> = ctx.items.iter().step_by(97).take(20).collect();
     let mut ids: Vec<String> = want.iter().map(|i| i.id.clone()).collect();
     ids.push("missing-id".into());
-    let r = c.get_items(pb::GetItemsRequest { ids, with_vectors: false }).await?.into_inner();
+    let r = c.get_items(pb::GetItemsRequest { ids, with_vectors: false, ..Default::default() }).await?.into_inner();
     ensure!(r.missing == vec!["missing-id".to_string()], "missing {:?}", r.missing);
     for (got, sent) in r.items.iter().zip(&want) {
         ensure!(
@@ -195,7 +197,10 @@ async fn deleted_items_vanish_from_every_result(ctx: &Ctx) -> Result<()> {
     let mut c = connect(&ctx.url).await?;
     let doomed: Vec<&pb::Item> = ctx.mutable.iter().take(20).collect();
     let doomed_ids: Vec<String> = doomed.iter().map(|i| i.id.clone()).collect();
-    let vectors = c.get_items(pb::GetItemsRequest { ids: doomed_ids.clone(), with_vectors: true }).await?.into_inner();
+    let vectors = c
+        .get_items(pb::GetItemsRequest { ids: doomed_ids.clone(), with_vectors: true, ..Default::default() })
+        .await?
+        .into_inner();
     ensure!(vectors.items.len() == 20, "not all doomed items were stored");
     let r =
         c.delete_items(pb::DeleteItemsRequest { ids: doomed_ids.clone(), ..Default::default() }).await?.into_inner();
@@ -234,7 +239,10 @@ async fn deleted_items_vanish_from_every_result(ctx: &Ctx) -> Result<()> {
             .into_inner();
         ensure!(!ids(&rec).iter().any(|id| gone.contains(id)), "deleted item recommended");
     }
-    let get = c.get_items(pb::GetItemsRequest { ids: doomed_ids.clone(), with_vectors: false }).await?.into_inner();
+    let get = c
+        .get_items(pb::GetItemsRequest { ids: doomed_ids.clone(), with_vectors: false, ..Default::default() })
+        .await?
+        .into_inner();
     ensure!(get.items.is_empty() && get.missing.len() == 20, "deleted items still readable");
     let err = c
         .similar_items(pb::SimilarItemsRequest { id: doomed_ids[0].clone(), k: 3, ..Default::default() })

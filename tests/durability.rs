@@ -163,7 +163,11 @@ async fn verify(cluster: &Cluster, ledger: &Ledger, shards: u32) -> u64 {
     let mut checks = 0u64;
     for chunk in expected.chunks(200) {
         let ids = chunk.iter().map(|(id, _)| (*id).clone()).collect();
-        let got = c.get_items(pb::GetItemsRequest { ids, with_vectors: true }).await.unwrap().into_inner();
+        let got = c
+            .get_items(pb::GetItemsRequest { ids, with_vectors: true, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
         let found: HashMap<&str, &pb::Item> = got.items.iter().map(|i| (i.id.as_str(), i)).collect();
         for (id, want) in chunk {
             match (want, found.get(id.as_str())) {
@@ -564,7 +568,10 @@ async fn a_full_disk_refuses_writes_and_recovers_when_space_returns() {
     }
     eprintln!("full disk: {} of 20 writes refused with RESOURCE_EXHAUSTED", refused.len());
     assert!(refused.len() >= 15, "only {} of 20 writes refused on a full disk", refused.len());
-    let got = c.get_items(pb::GetItemsRequest { ids: refused.clone(), with_vectors: false }).await.unwrap();
+    let got = c
+        .get_items(pb::GetItemsRequest { ids: refused.clone(), with_vectors: false, ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(got.into_inner().missing, refused, "refused writes are not applied");
     let copy = ledger.lock().unwrap().clone();
     assert_eq!(copy.failed_writes, 0);
@@ -596,7 +603,11 @@ fn item(id: &str, title: &str, rng: &mut impl Rng) -> pb::Item {
 /// Ids among `ids` that the cluster has, and the titles it has for them.
 async fn present(url: &str, ids: &[String]) -> HashMap<String, String> {
     let mut c = connect(url).await.unwrap();
-    let got = c.get_items(pb::GetItemsRequest { ids: ids.to_vec(), with_vectors: false }).await.unwrap().into_inner();
+    let got = c
+        .get_items(pb::GetItemsRequest { ids: ids.to_vec(), with_vectors: false, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     got.items.into_iter().map(|i| (i.id, i.title)).collect()
 }
 

@@ -84,7 +84,10 @@ async fn dead_and_slow_shards_degrade_reads_and_recover() {
         c.upsert_items(pb::UpsertItemsRequest { items: vec![orphan.clone()], ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("not acknowledged"), "{}", err.message());
-    let err = c.get_items(pb::GetItemsRequest { ids: vec![orphan.id.clone()], with_vectors: false }).await.unwrap_err();
+    let err = c
+        .get_items(pb::GetItemsRequest { ids: vec![orphan.id.clone()], with_vectors: false, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     // A write to a live shard is acknowledged meanwhile.
     let mut fresh = on(0).nth(1).unwrap().clone();
@@ -107,7 +110,8 @@ async fn dead_and_slow_shards_degrade_reads_and_recover() {
     let r = c.search(text_query("black leather shoes", 10)).await.unwrap().into_inner();
     assert_eq!(coverage(&r), (3, 3, false));
     let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
-    let got = c.get_items(pb::GetItemsRequest { ids, with_vectors: false }).await.unwrap().into_inner();
+    let got =
+        c.get_items(pb::GetItemsRequest { ids, with_vectors: false, ..Default::default() }).await.unwrap().into_inner();
     assert_eq!(got.missing, deleted, "exactly the deleted items are missing after restart");
     assert_eq!(got.items.len(), 595);
     let title = got.items.iter().find(|i| i.id == renamed.id).map(|i| i.title.clone());
@@ -116,7 +120,7 @@ async fn dead_and_slow_shards_degrade_reads_and_recover() {
     assert_eq!(info.shards.iter().map(|s| s.users).sum::<u64>(), 30, "user profiles survive restarts");
     if owner != 2 {
         let got = c
-            .get_items(pb::GetItemsRequest { ids: vec![fresh.id.clone()], with_vectors: false })
+            .get_items(pb::GetItemsRequest { ids: vec![fresh.id.clone()], with_vectors: false, ..Default::default() })
             .await
             .unwrap()
             .into_inner();
@@ -124,7 +128,7 @@ async fn dead_and_slow_shards_degrade_reads_and_recover() {
     }
     // The refused write was not applied.
     let got = c
-        .get_items(pb::GetItemsRequest { ids: vec![orphan.id.clone()], with_vectors: false })
+        .get_items(pb::GetItemsRequest { ids: vec![orphan.id.clone()], with_vectors: false, ..Default::default() })
         .await
         .unwrap()
         .into_inner();

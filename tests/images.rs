@@ -249,7 +249,7 @@ async fn get_all(
     ids: &[String],
 ) -> Vec<pb::Item> {
     let r = c
-        .get_items(pb::GetItemsRequest { ids: ids.to_vec(), with_vectors: true })
+        .get_items(pb::GetItemsRequest { ids: ids.to_vec(), with_vectors: true, ..Default::default() })
         .await
         .expect("get items")
         .into_inner();
@@ -387,7 +387,10 @@ fn multimodal_cluster_serves_image_text_and_combined_queries() {
             let err = c.upsert_items(req).await.expect_err("bad item refused");
             assert_eq!(err.code(), Code::InvalidArgument, "{id}: {err:?}");
             assert!(err.message().contains(want), "{id}: {:?} lacks {want:?}", err.message());
-            let r = c.get_items(pb::GetItemsRequest { ids: vec![id.clone()], with_vectors: false }).await.unwrap();
+            let r = c
+                .get_items(pb::GetItemsRequest { ids: vec![id.clone()], with_vectors: false, ..Default::default() })
+                .await
+                .unwrap();
             assert_eq!(r.into_inner().missing, vec![id]);
         }
         for (query, want) in [

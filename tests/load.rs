@@ -75,7 +75,7 @@ async fn get(url: &str, ids: Vec<String>) -> pb::GetItemsResponse {
     let mut all = pb::GetItemsResponse::default();
     for chunk in ids.chunks(200) {
         let r = c
-            .get_items(pb::GetItemsRequest { ids: chunk.to_vec(), with_vectors: true })
+            .get_items(pb::GetItemsRequest { ids: chunk.to_vec(), with_vectors: true, ..Default::default() })
             .await
             .expect("GetItems")
             .into_inner();

@@ -297,7 +297,11 @@ async fn diversity_lambda_diversifies(ctx: &Ctx) -> Result<()> {
             .await?
             .into_inner();
         let got = c
-            .get_items(pb::GetItemsRequest { ids: ids(&r).iter().map(|s| s.to_string()).collect(), with_vectors: true })
+            .get_items(pb::GetItemsRequest {
+                ids: ids(&r).iter().map(|s| s.to_string()).collect(),
+                with_vectors: true,
+                ..Default::default()
+            })
             .await?
             .into_inner();
         let vs: Vec<Vec<f32>> = got.items.iter().filter_map(|i| i.vector.as_ref().map(|v| v.values.clone())).collect();

@@ -54,8 +54,13 @@ async fn replicas_survive_a_kill_and_catch_up() {
                 let mut i = t;
                 while !stop.load(Ordering::Acquire) {
                     i = 10 + (i + 7) % 50;
-                    let got =
-                        c.get_items(pb::GetItemsRequest { ids: vec![format!("item-{i}")], with_vectors: false }).await;
+                    let got = c
+                        .get_items(pb::GetItemsRequest {
+                            ids: vec![format!("item-{i}")],
+                            with_vectors: false,
+                            ..Default::default()
+                        })
+                        .await;
                     let search = c
                         .search(pb::SearchRequest {
                             query: Some(pb::search_request::Query::Vector(item(i).vector.unwrap())),
@@ -126,7 +131,8 @@ async fn replicas_survive_a_kill_and_catch_up() {
     cluster.kill_shard(0);
     cluster.kill_shard(1);
     let ids: Vec<String> = (0..=100).map(|i| format!("item-{i}")).collect();
-    let got = c.get_items(pb::GetItemsRequest { ids, with_vectors: false }).await.unwrap().into_inner();
+    let got =
+        c.get_items(pb::GetItemsRequest { ids, with_vectors: false, ..Default::default() }).await.unwrap().into_inner();
     let mut missing = got.missing.clone();
     missing.sort();
     let mut want = deleted.clone();

@@ -154,7 +154,9 @@ async fn a_read_key_reads_through_mutual_tls_to_the_shard(ctx: &Ctx) -> Result<(
         let coverage = r.coverage.context("no coverage")?;
         ensure!(coverage.shards_answered == 1 && !coverage.degraded, "the shard did not answer: {coverage:?}");
         ensure!(r.hits.iter().any(|h| h.id == "seed"), "seed item missing: {:?}", r.hits);
-        let got = c.get_items(pb::GetItemsRequest { ids: vec!["seed".into()], with_vectors: false }).await?;
+        let got = c
+            .get_items(pb::GetItemsRequest { ids: vec!["seed".into()], with_vectors: false, ..Default::default() })
+            .await?;
         ensure!(got.into_inner().items.len() == 1);
         c.cluster_info(pb::ClusterInfoRequest {}).await.context("ClusterInfo with a read key")?;
     }
@@ -175,7 +177,11 @@ async fn a_read_key_cannot_write(ctx: &Ctx) -> Result<()> {
         &denied("CreateSnapshot"),
     )?;
     // Nothing was written or deleted.
-    let got = c.get_items(pb::GetItemsRequest { ids: vec!["seed".into(), "read-key".into()], with_vectors: false });
+    let got = c.get_items(pb::GetItemsRequest {
+        ids: vec!["seed".into(), "read-key".into()],
+        with_vectors: false,
+        ..Default::default()
+    });
     let ids: Vec<String> = got.await?.into_inner().items.into_iter().map(|i| i.id).collect();
     ensure!(ids == ["seed"], "items after refused writes: {ids:?}");
     Ok(())
@@ -185,7 +191,9 @@ async fn a_write_key_writes_and_reads(ctx: &Ctx) -> Result<()> {
     let mut c = ctx.client(Some(WRITE_KEY)).await?;
     let r = c.upsert_items(upsert("written")).await.context("upsert with a write key")?.into_inner();
     ensure!(r.upserted == 1, "{r:?}");
-    let got = c.get_items(pb::GetItemsRequest { ids: vec!["written".into()], with_vectors: false }).await?;
+    let got = c
+        .get_items(pb::GetItemsRequest { ids: vec!["written".into()], with_vectors: false, ..Default::default() })
+        .await?;
     ensure!(got.into_inner().items.len() == 1, "the written item is not there");
     Ok(())
 }

@@ -318,8 +318,10 @@ async fn reader(mut c: VitrineClient<Channel>, r: usize, tally: Arc<Tally>, stop
                 let ids = (0..20)
                     .map(|_| format!("w{}-item-{}", rng.random_range(0..WRITERS), rng.random_range(0..IDS_PER_WRITER)))
                     .collect();
-                tally
-                    .record(Kind::GetItems, c.get_items(timed(pb::GetItemsRequest { ids, with_vectors: false })).await);
+                tally.record(
+                    Kind::GetItems,
+                    c.get_items(timed(pb::GetItemsRequest { ids, with_vectors: false, ..Default::default() })).await,
+                );
             }
         }
         tokio::time::sleep(PACE).await;
@@ -470,7 +472,11 @@ async fn mixed_load_has_no_errors_no_unbounded_memory_and_no_lost_writes() {
     let (mut present, mut absent) = (0u64, 0u64);
     for chunk in expected.chunks(500) {
         let ids = chunk.iter().map(|(id, _)| (*id).clone()).collect();
-        let got = c.get_items(timed(pb::GetItemsRequest { ids, with_vectors: false })).await.unwrap().into_inner();
+        let got = c
+            .get_items(timed(pb::GetItemsRequest { ids, with_vectors: false, ..Default::default() }))
+            .await
+            .unwrap()
+            .into_inner();
         let found: HashMap<&str, &pb::Item> = got.items.iter().map(|i| (i.id.as_str(), i)).collect();
         for (id, last) in chunk {
             match (last, found.get(id.as_str())) {

@@ -1010,7 +1010,7 @@ fn delete_items() {
 fn get_items() {
     static COUNTERS: Counters = Counters::new();
     let messages = (arb_ids(limits().max_batch), any::<bool>())
-        .prop_map(|(ids, with_vectors)| pb::GetItemsRequest { ids, with_vectors })
+        .prop_map(|(ids, with_vectors)| pb::GetItemsRequest { ids, with_vectors, ..Default::default() })
         .boxed();
     fuzz("get_items", &COUNTERS, messages, |req, _| check_ids("item id", &req.ids));
 }

@@ -55,6 +55,8 @@ pub struct History {
     pub neighbours: HashMap<String, Vec<pb::Neighbour>>,
     /// Some shard could not be read.
     pub degraded: bool,
+    /// The model set the vectors are in (empty: client-supplied vectors).
+    pub model: String,
 }
 
 impl RankQuery {
@@ -89,9 +91,9 @@ impl Router {
             .cloned()
             .collect();
         let recent = if q.settings.behaviour > 0.0 { q.recent() } else { Vec::new() };
-        let ((items, item_errors), (neighbours, signal_errors)) =
-            tokio::join!(self.fetch_items(deadline, wanted, true), self.fetch_signals(deadline, recent));
-        History { items, neighbours, degraded: !item_errors.is_empty() || signal_errors }
+        let ((items, item_errors, model), (neighbours, signal_errors)) =
+            tokio::join!(self.fetch_items(deadline, wanted, true, String::new()), self.fetch_signals(deadline, recent));
+        History { items, neighbours, degraded: !item_errors.is_empty() || signal_errors, model }
     }
 
     /// Neighbour lists of items, from their owning shards. The flag says
@@ -200,8 +202,9 @@ impl Router {
             with_items: needs_items,
             with_vectors: s.diversity_lambda < 1.0 || q.explain,
             source: None,
-            // The user vector is made of stored item vectors, not embedded.
-            model: String::new(),
+            // The user vector is made of stored item vectors: search in
+            // the space they were read in.
+            model: history.model.clone(),
         };
 
         let mut cands: HashMap<String, Candidate> = HashMap::new();

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::join_all;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 use vitrine_proto::{pb, validate, Filter, Limits};
 
 use crate::deadline::Deadline;
@@ -266,31 +267,70 @@ impl Router {
         Ok(resp)
     }
 
-    /// Items by id, with vectors when asked. Returns found items keyed by id
-    /// and the shards that could not be read.
+    /// Items by id, with vectors when asked. Returns found items keyed by id,
+    /// the shards that could not be read and, with vectors, the model set
+    /// that made them. During a model switch shards may serve different
+    /// sets; every vector is then read again in one set's space (each shard
+    /// holds both until the switch is released), so a user vector never
+    /// averages two spaces.
     pub(crate) async fn fetch_items(
         &self,
         deadline: Deadline,
         ids: Vec<String>,
         with_vectors: bool,
-    ) -> (HashMap<String, pb::Item>, Vec<Status>) {
+        model: String,
+    ) -> (HashMap<String, pb::Item>, Vec<Status>, String) {
+        let (mut found, mut errors, mut sets) = self.get_items_from_shards(deadline, ids, with_vectors, &model).await;
+        if !with_vectors || sets.len() <= 1 {
+            return (found, errors, sets.pop().map_or(model, |(m, _)| m));
+        }
+        let tag = sets[0].0.clone();
+        let again: Vec<String> = sets.drain(1..).flat_map(|(_, ids)| ids).collect();
+        for id in &again {
+            found.remove(id);
+        }
+        tracing::debug!(model = %tag, items = again.len(), "items read from two model sets; reading again in one");
+        let (more, more_errors, _) = self.get_items_from_shards(deadline, again, true, &tag).await;
+        found.extend(more);
+        errors.extend(more_errors);
+        (found, errors, tag)
+    }
+
+    /// One GetItems per owning shard; found items, errors, and the ids read
+    /// per model set (with vectors).
+    async fn get_items_from_shards(
+        &self,
+        deadline: Deadline,
+        ids: Vec<String>,
+        with_vectors: bool,
+        model: &str,
+    ) -> (HashMap<String, pb::Item>, Vec<Status>, Vec<(String, Vec<String>)>) {
         let groups = self.group(ids, |s| s.as_str());
         let calls = groups.into_iter().map(|(shard, ids)| {
+            let req = pb::GetItemsRequest { ids, with_vectors, model: model.to_string() };
             self.shards.call(shard, deadline, move |mut c, budget| {
-                let mut r = Request::new(pb::GetItemsRequest { ids: ids.clone(), with_vectors });
+                let mut r = Request::new(req.clone());
                 r.set_timeout(budget);
                 async move { c.get(r).await }
             })
         });
         let mut found = HashMap::new();
         let mut errors = Vec::new();
+        let mut sets: Vec<(String, Vec<String>)> = Vec::new();
         for r in join_all(calls).await {
             match r {
-                Ok(resp) => found.extend(resp.items.into_iter().map(|it| (it.id.clone(), it))),
+                Ok(resp) => {
+                    let ids = resp.items.iter().map(|it| it.id.clone());
+                    match sets.iter_mut().find(|(m, _)| *m == resp.model) {
+                        Some((_, v)) => v.extend(ids),
+                        None => sets.push((resp.model.clone(), ids.collect())),
+                    }
+                    found.extend(resp.items.into_iter().map(|it| (it.id.clone(), it)));
+                }
                 Err(s) => errors.push(s),
             }
         }
-        (found, errors)
+        (found, errors, sets)
     }
 
     /// The query's vector and, when a shard embedded it, the model set that
@@ -451,12 +491,13 @@ impl pb::vitrine_server::Vitrine for VitrineService {
         let deadline = r.read_deadline(&request);
         let req = request.into_inner();
         validate::ids("item id", &req.ids, &r.settings.limits)?;
-        let (mut found, errors) = r.fetch_items(deadline, req.ids.clone(), req.with_vectors).await;
+        let (mut found, errors, model) = r.fetch_items(deadline, req.ids.clone(), req.with_vectors, req.model).await;
         if let Some(e) = errors.into_iter().next() {
             return Err(Status::unavailable(format!("cannot read every requested item: {}", e.message())));
         }
         // Request order, each id once (a repeated id is answered once).
-        let mut out = pb::GetItemsResponse::default();
+        let mut out =
+            pb::GetItemsResponse { model: if req.with_vectors { model } else { String::new() }, ..Default::default() };
         let mut answered = HashSet::with_capacity(req.ids.len());
         for id in req.ids {
             if !answered.insert(id.clone()) {
@@ -767,6 +808,63 @@ impl pb::vitrine_server::Vitrine for VitrineService {
             })
             .collect();
         Ok(Response::new(pb::CreateSnapshotResponse { shards }))
+    }
+
+    async fn switch_models(
+        &self,
+        request: Request<pb::SwitchModelsRequest>,
+    ) -> Result<Response<pb::SwitchModelsResponse>, Status> {
+        let r = &self.router;
+        // Re-embedding a catalogue takes minutes: the client's deadline (up
+        // to MAX_DEADLINE) bounds it; an interrupted prepare resumes.
+        let deadline = r.write_deadline(&request);
+        let req = request.into_inner();
+        let phase = pb::ModelSwitchPhase::try_from(req.phase).unwrap_or(pb::ModelSwitchPhase::Unspecified);
+        match phase {
+            pb::ModelSwitchPhase::Unspecified => {
+                return Err(Status::invalid_argument("SwitchModels needs a phase: prepare, commit or release"))
+            }
+            pb::ModelSwitchPhase::Prepare | pb::ModelSwitchPhase::Commit if req.text_model.is_empty() => {
+                return Err(Status::invalid_argument("name the text model to switch to, as name@version"))
+            }
+            _ => {}
+        }
+        for (what, tag) in [("text_model", &req.text_model), ("image_model", &req.image_model)] {
+            if !tag.is_empty() && (tag.len() > 256 || !tag.contains('@') || tag.contains(char::is_whitespace)) {
+                return Err(Status::invalid_argument(format!("{what} {tag:?} is not name@version")));
+            }
+        }
+        let span =
+            tracing::info_span!("router.switch_models", phase = phase.as_str_name(), text_model = %req.text_model);
+        let results = r
+            .each_replica(deadline, |mut c, budget| {
+                let mut call = Request::new(req.clone());
+                call.set_timeout(budget);
+                async move { c.switch_models(call).await }
+            })
+            .instrument(span)
+            .await?;
+        let shards: Vec<pb::ShardModelSwitch> = results
+            .into_iter()
+            .map(|(replica, result)| match result {
+                Ok(mut s) => {
+                    s.shard = replica.shard;
+                    s.replica = replica.replica;
+                    s
+                }
+                Err(status) => pb::ShardModelSwitch {
+                    shard: replica.shard,
+                    replica: replica.replica,
+                    error: status.message().to_string(),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        if phase == pb::ModelSwitchPhase::Commit {
+            // The new models may give another dimension: learn it again.
+            r.dimension.store(0, Ordering::Relaxed);
+        }
+        Ok(Response::new(pb::SwitchModelsResponse { shards }))
     }
 
     async fn list_snapshots(

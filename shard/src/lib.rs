@@ -17,6 +17,7 @@
 //! - [`snapshot`]: checksummed snapshots of the whole state.
 //! - [`store`]: recovery (snapshot + log) and taking snapshots.
 //! - [`replica`]: catching up with the shard's other replicas.
+//! - [`switch`]: switching to another model version while serving.
 //! - [`service`]: the internal gRPC API the router calls.
 //! - [`metrics`]: the shard's Prometheus metrics.
 #![forbid(unsafe_code)]
@@ -41,6 +42,7 @@ pub mod serving;
 pub mod signals;
 pub mod snapshot;
 pub mod store;
+pub mod switch;
 pub mod trending;
 pub mod wal;
 
@@ -82,7 +84,14 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         "--compact-ratio must be a positive number, got {}",
         config.compact_ratio
     );
-    let models = load_models(config)?;
+    let wal_options = WalOptions {
+        fsync: config.fsync,
+        group_interval: Duration::from_millis(config.fsync_group_ms),
+        repair: config.repair_wal,
+    };
+    let recovered = store::recover(&config.data_dir, wal_options)?;
+    let selection = selection_at_start(config, &recovered)?;
+    let models = load_models(config, &selection)?;
     let dimension = match (models.fusion.dimension(), config.dimension) {
         (Some(m), Some(d)) if d != m => {
             anyhow::bail!(
@@ -94,20 +103,7 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         (None, Some(d)) if d > 0 => d,
         (None, _) => anyhow::bail!("--no-model needs --dimension"),
     };
-    let params = IndexParams {
-        m: config.hnsw_m,
-        ef_construction: config.hnsw_ef_construction,
-        ef_search: config.hnsw_ef_search,
-        ..IndexParams::default()
-    };
-    let policy = CompactionPolicy { min_tombstones: config.compact_min, max_tombstone_ratio: config.compact_ratio };
-    let catalog = Arc::new(Catalog::new(dimension, params, policy));
-    let wal_options = WalOptions {
-        fsync: config.fsync,
-        group_interval: Duration::from_millis(config.fsync_group_ms),
-        repair: config.repair_wal,
-    };
-    let recovered = store::recover(&config.data_dir, wal_options)?;
+    let catalog = Arc::new(new_catalog(config, dimension));
     let snapshot_policy =
         SnapshotPolicy { after_wal_bytes: config.snapshot_wal_bytes, keep: usize::from(config.snapshots_keep) };
     let snapshot_seq = recovered.snapshot.as_ref().map_or(0, |s| s.seq);
@@ -132,8 +128,10 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     )?;
     let state = Arc::new(ShardState {
         shard_id: config.shard_id,
-        models,
-        catalog,
+        generations: parking_lot::RwLock::new(switch::Generations {
+            serving: Arc::new(switch::Generation { models, catalog }),
+            other: None,
+        }),
         profiles: profiles::Profiles::new(
             config.profile_events,
             Duration::from_secs_f64(config.trending_half_life_hours * 3600.0),
@@ -144,8 +142,12 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         limits: Limits::default(),
         replica: config.replica,
         peers,
+        config: config.clone(),
+        switching: tokio::sync::Mutex::new(()),
         dir_lock,
     });
+    let serving = state.serving();
+    let (models, catalog) = (&serving.models, &serving.catalog);
     // Items from the snapshot and the log are staged into their final state
     // first and indexed with one parallel build: replaying upserts one by
     // one would insert on a single core, and also index points a later
@@ -157,8 +159,8 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
         let mut bad = None;
         let manifest = snapshot::load(snap, |record| match record.op {
             Some(wal::Op::Upsert(mut req)) => {
-                bad = bad.take().or_else(|| state.models.foreign(&req));
-                req.items.iter_mut().for_each(|it| state.models.refuse(it));
+                bad = bad.take().or_else(|| models.foreign(&req));
+                req.items.iter_mut().for_each(|it| models.refuse(it));
                 bad = bad.take().or_else(|| wrong_dimension(&req, dimension));
                 staged.upsert(req);
             }
@@ -175,7 +177,7 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     for record in recovered.replay.records {
         match record.op {
             Some(wal::Op::Upsert(mut req)) => {
-                if let Some(msg) = state.models.foreign(&req) {
+                if let Some(msg) = models.foreign(&req) {
                     anyhow::bail!(
                         "{}: the log holds items whose {msg}; start with the models that made them, or re-embed \
                          the catalogue",
@@ -183,7 +185,7 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
                         msg = msg.trim_start_matches("its ")
                     );
                 }
-                req.items.iter_mut().for_each(|it| state.models.refuse(it));
+                req.items.iter_mut().for_each(|it| models.refuse(it));
                 if let Some(msg) = wrong_dimension(&req, dimension) {
                     anyhow::bail!("{}: {msg}; the log was written with another model", config.data_dir.display());
                 }
@@ -195,21 +197,21 @@ pub fn open(config: &ShardConfig) -> anyhow::Result<Arc<ShardState>> {
     }
     let read_ms = loading.elapsed().as_millis() as u64;
     let (items, deleted) = staged.into_parts();
-    state.catalog.restore(items, deleted);
+    catalog.restore(items, deleted);
     tracing::info!(
-        items = state.catalog.len(),
+        items = catalog.len(),
         read_ms,
         index_ms = loading.elapsed().as_millis() as u64 - read_ms,
         "catalogue indexed"
     );
-    state.catalog.maybe_compact_in_background();
+    catalog.maybe_compact_in_background();
     tracing::info!(
         shard = config.shard_id,
         snapshot_seq,
         snapshot_items,
         wal_records = records,
         last_seq = recovered.replay.last_seq,
-        items = state.catalog.len(),
+        items = catalog.len(),
         users = state.profiles.len(),
         torn_bytes = recovered.replay.torn_bytes,
         repaired_bytes = recovered.replay.repaired_bytes,
@@ -270,13 +272,54 @@ impl Staged {
     }
 }
 
-/// Loads the configured models (the registry file, or the single-model
-/// flags) and starts their query batchers.
-fn load_models(config: &ShardConfig) -> anyhow::Result<models::Models> {
-    let selection = match &config.models {
-        Some(path) => registry::Selection::from_file(path)?,
-        None => registry::Selection::from_flags(config),
+/// The models to serve: the single-model flags, or the `--models` file's
+/// `serve`, unless the newest snapshot was made with another set the file
+/// declares. That snapshot is how a model switch survives a restart: its
+/// commit writes it, tagged with the new set, before any write uses them.
+fn selection_at_start(config: &ShardConfig, recovered: &store::Recovered) -> anyhow::Result<registry::Selection> {
+    let Some(path) = &config.models else { return Ok(registry::Selection::from_flags(config)) };
+    let declared = registry::Selection::from_file(path)?;
+    let Some(manifest) = recovered.snapshot.as_ref().and_then(|s| snapshot::read_manifest(s).ok()) else {
+        return Ok(declared);
     };
+    let tag = |m: &Option<registry::ModelSpec>| m.as_ref().map(registry::ModelSpec::tag).unwrap_or_default();
+    let stored = [&manifest.text_model, &manifest.image_model];
+    let differs = stored[0] != &tag(&declared.text) || stored[1] != &tag(&declared.image);
+    let all_declared = stored.iter().all(|t| t.is_empty() || registry::Selection::declares(path, t));
+    if !differs || !all_declared || stored.iter().all(|t| t.is_empty()) {
+        // Nothing to prefer, or a set the file no longer declares: start-up
+        // then refuses the vectors with the reason.
+        return Ok(declared);
+    }
+    let nonempty = |t: &'static str, v: &String| (!v.is_empty()).then(|| v.clone()).map(|v| (t, v));
+    let (text, image) = (nonempty("text", &manifest.text_model), nonempty("image", &manifest.image_model));
+    tracing::info!(
+        registry = %path.display(),
+        serve = %declared.tag(),
+        stored = ?(text.as_ref().map(|t| &t.1), image.as_ref().map(|i| &i.1)),
+        "serving the model set of the newest snapshot (written by a model switch); set `serve` in the registry to match"
+    );
+    Ok(registry::Selection::from_file_serving(
+        path,
+        text.as_ref().map(|t| t.1.as_str()),
+        image.as_ref().map(|i| i.1.as_str()),
+    )?)
+}
+
+/// An empty index with the shard's HNSW and compaction settings.
+pub(crate) fn new_catalog(config: &ShardConfig, dimension: usize) -> Catalog {
+    let params = IndexParams {
+        m: config.hnsw_m,
+        ef_construction: config.hnsw_ef_construction,
+        ef_search: config.hnsw_ef_search,
+        ..IndexParams::default()
+    };
+    let policy = CompactionPolicy { min_tombstones: config.compact_min, max_tombstone_ratio: config.compact_ratio };
+    Catalog::new(dimension, params, policy)
+}
+
+/// Loads the selected models and starts their query batchers.
+pub(crate) fn load_models(config: &ShardConfig, selection: &registry::Selection) -> anyhow::Result<models::Models> {
     let batching = batcher::BatcherConfig {
         max_batch: config.batch_max_size.max(1),
         max_delay: Duration::from_micros(config.batch_max_delay_us),

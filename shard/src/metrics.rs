@@ -158,8 +158,9 @@ pub fn init() {
 /// write, and stays right when background compaction drops tombstones.
 pub fn refresh(state: &ShardState) {
     let m = get();
-    m.index_items.set(state.catalog.len() as i64);
-    m.index_tombstones.set(state.catalog.tombstones() as i64);
+    let catalog = state.catalog();
+    m.index_items.set(catalog.len() as i64);
+    m.index_tombstones.set(catalog.tombstones() as i64);
     m.wal_last_seq.set(state.wal.lock().last_seq() as i64);
     m.ready.set(i64::from(state.peers.is_ready()));
 }

@@ -83,19 +83,6 @@ impl Models {
             })
     }
 
-    /// Refuses a query vector another model set embedded (during a model
-    /// change some shards may still serve the old set).
-    pub fn check_query(&self, model: &str) -> Result<(), Status> {
-        if model.is_empty() || model == self.tags.set {
-            Ok(())
-        } else {
-            Err(Status::failed_precondition(format!(
-                "the query was embedded with {model}, and this shard serves {}; the shards' models differ",
-                self.tags.set
-            )))
-        }
-    }
-
     /// The text model's name ("none" without one), for ClusterInfo.
     pub fn text_name(&self) -> String {
         self.text.as_ref().map_or_else(|| "none (vectors only)".to_string(), |t| t.model.name().to_string())

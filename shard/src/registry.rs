@@ -127,11 +127,33 @@ pub struct Selection {
 impl Selection {
     /// Reads a registry file and resolves its `serve` section.
     pub fn from_file(path: &Path) -> Result<Self, RegistryError> {
+        Self::from_file_serving(path, None, None)
+    }
+
+    /// The file's models with `text`/`image` (`name@version`, when given)
+    /// served instead of what its `serve` names: a model switch loads the
+    /// version it switches to, and start-up serves the set the newest
+    /// snapshot was made with. Fusion and weights still come from `serve`.
+    pub fn from_file_serving(path: &Path, text: Option<&str>, image: Option<&str>) -> Result<Self, RegistryError> {
         let read_err = |reason: String| RegistryError::Read { path: path.to_path_buf(), reason };
-        let text = std::fs::read(path).map_err(|e| read_err(e.to_string()))?;
-        let file: File = serde_json::from_slice(&text).map_err(|e| read_err(e.to_string()))?;
+        let bytes = std::fs::read(path).map_err(|e| read_err(e.to_string()))?;
+        let mut file: File = serde_json::from_slice(&bytes).map_err(|e| read_err(e.to_string()))?;
+        if let Some(t) = text {
+            file.serve.text = Some(t.to_string());
+        }
+        if let Some(i) = image {
+            file.serve.image = Some(i.to_string());
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         Self::resolve(file, base).map_err(|reason| RegistryError::Invalid { path: path.to_path_buf(), reason })
+    }
+
+    /// Whether the file declares `tag` (`name@version`).
+    pub fn declares(path: &Path, tag: &str) -> bool {
+        std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<File>(&b).ok())
+            .is_some_and(|f| f.models.iter().any(|m| m.tag() == tag))
     }
 
     fn resolve(mut file: File, base: &Path) -> Result<Self, String> {
@@ -165,7 +187,7 @@ impl Selection {
                 .models
                 .iter()
                 .find(|m| m.tag() == *tag)
-                .ok_or_else(|| format!("serve names {tag}, which is not declared (declare it under models)"))?;
+                .ok_or_else(|| format!("{tag} is not declared (declare it under models)"))?;
             if m.kind != kind {
                 return Err(format!("serve names {tag} as the {kind:?} model, but it is declared as {:?}", m.kind));
             }

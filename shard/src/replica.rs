@@ -117,7 +117,7 @@ impl Peers {
 
 /// This replica's digest in chunks (see the module docs).
 pub fn digest_chunks(state: &ShardState) -> Vec<pb::SyncDigestChunk> {
-    let (live, deleted) = state.catalog.digest();
+    let (live, deleted) = state.catalog().digest();
     let users = state.profiles.digest();
     let signals = state.signals.digest();
     let to_wire = |v: Vec<(String, u64)>| -> Vec<pb::VersionedId> {
@@ -147,16 +147,18 @@ pub fn digest_chunks(state: &ShardState) -> Vec<pb::SyncDigestChunk> {
 
 /// The current state of the asked ids, with versions.
 pub fn fetch(state: &ShardState, req: &pb::SyncFetchRequest) -> pb::SyncFetchResponse {
+    // Items and their tags from one generation.
+    let g = state.serving();
     let mut items = pb::ShardUpsertRequest::default();
     let mut deleted = pb::ShardDeleteRequest::default();
     for id in &req.item_ids {
-        match state.catalog.get(id) {
+        match g.catalog.get(id) {
             Some(stored) => {
                 items.items.push(stored.to_wire(true));
                 items.versions.push(stored.version);
             }
             None => {
-                if let Some(v) = state.catalog.version_of(id) {
+                if let Some(v) = g.catalog.version_of(id) {
                     deleted.ids.push(id.clone());
                     deleted.versions.push(v);
                 }
@@ -177,7 +179,7 @@ pub fn fetch(state: &ShardState, req: &pb::SyncFetchRequest) -> pb::SyncFetchRes
             signals.versions.push(v);
         }
     }
-    state.models.tag(&mut items);
+    g.models.tag(&mut items);
     pb::SyncFetchResponse { items: Some(items), deleted: Some(deleted), events: Some(events), signals: Some(signals) }
 }
 
@@ -200,13 +202,14 @@ fn newer(peer: u64, ours: Option<u64>) -> bool {
 impl Wanted {
     fn of(state: &ShardState, chunk: pb::SyncDigestChunk, our_users: &HashMap<String, u64>) -> Self {
         let mut w = Wanted::default();
+        let catalog = state.catalog();
         for e in chunk.items {
-            if newer(e.version, state.catalog.version_of(&e.id)) {
+            if newer(e.version, catalog.version_of(&e.id)) {
                 w.items.push(e.id);
             }
         }
         for e in chunk.deleted {
-            if newer(e.version, state.catalog.version_of(&e.id)) {
+            if newer(e.version, catalog.version_of(&e.id)) {
                 w.deletes.ids.push(e.id);
                 w.deletes.versions.push(e.version);
             }
@@ -331,10 +334,11 @@ async fn sync_from(state: &Arc<ShardState>, mut client: PeerClient, applied: &mu
             };
             let got = client.sync_fetch(req).await?.into_inner();
             if let Some(up) = got.items.filter(|u| !u.items.is_empty()) {
-                if let Some(why) = state.models.foreign(&up) {
+                let g = state.serving();
+                if let Some(why) = g.models.foreign(&up) {
                     return Err(SyncError::Models(why));
                 }
-                let want = state.catalog.dimension();
+                let want = g.catalog.dimension();
                 if let Some(bad) = up.items.iter().find(|it| it.vector.as_ref().is_none_or(|v| v.values.len() != want))
                 {
                     return Err(SyncError::Dimension {

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -13,45 +13,100 @@ use vitrine_proto::{pb, timeout, validate, Filter, Limits};
 use crate::catalog::{sort_hits, Catalog, Constraint, Hit, StoredItem};
 use crate::fusion::QueryPart;
 use crate::index::dot;
-use crate::models::{Models, Query};
+use crate::models::Query;
 use crate::profiles::Profiles;
 use crate::replica::Peers;
 use crate::signals::SignalStore;
 use crate::store::{Captured, Snapshots, StoreError, Written};
+use crate::switch::{Generation, Generations};
 use crate::wal::{Op, Wal, WalRecord};
 
 /// Everything one shard owns.
 pub struct ShardState {
     pub shard_id: u32,
-    pub catalog: Arc<Catalog>,
+    /// The served model set with its index and, during a model switch, the
+    /// other one (`crate::switch`). Read paths clone the `Arc` they need.
+    pub generations: RwLock<Generations>,
     pub profiles: Profiles,
     /// Behavioural neighbours and popularity learnt off-line.
     pub signals: SignalStore,
     /// The log doubles as the write serialiser: holding it across append and
-    /// apply makes the in-memory order equal the replay order.
+    /// apply makes the in-memory order equal the replay order. A model
+    /// switch swaps generations under it, so a write lands in one of them.
     pub wal: Mutex<Wal>,
     /// Snapshot policy and bookkeeping.
     pub snapshots: Snapshots,
-    /// The text and image models, their batchers and the fusion.
-    pub models: Models,
     pub limits: Limits,
     /// Replica number within the shard (reported in Info).
     pub replica: u32,
     /// The other replicas of this shard and whether reads are served yet.
     pub peers: Peers,
+    /// What the shard was started with: a model switch loads models and
+    /// builds its index with the same settings.
+    pub config: crate::ShardConfig,
+    /// One model switch phase at a time.
+    pub switching: tokio::sync::Mutex<()>,
     /// The data directory's lock, held while the state lives.
     pub dir_lock: crate::restore::DirLock,
 }
 
+/// Why a write was not applied.
+pub(crate) enum WriteError {
+    /// Its vectors were made by models this shard stopped serving while the
+    /// write was being embedded (a model switch committed): embed it again.
+    Switched,
+    Failed(Status),
+}
+
+impl From<Status> for WriteError {
+    fn from(s: Status) -> Self {
+        WriteError::Failed(s)
+    }
+}
+
 impl ShardState {
+    /// The served generation.
+    pub fn serving(&self) -> Arc<Generation> {
+        Arc::clone(&self.generations.read().serving)
+    }
+
+    /// The served generation's index.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        Arc::clone(&self.generations.read().serving.catalog)
+    }
+
+    /// The generation whose vectors are in the space of `set` (a query's
+    /// model set; empty: the served one). During a model switch a shard
+    /// holds two, so a query embedded just before the commit still finds
+    /// its index; any other set is refused rather than compared across
+    /// spaces.
+    pub fn generation(&self, set: &str) -> Result<Arc<Generation>, Status> {
+        let g = self.generations.read();
+        if set.is_empty() || set == g.serving.set() {
+            return Ok(Arc::clone(&g.serving));
+        }
+        match &g.other {
+            Some((o, _)) if o.set() == set => Ok(Arc::clone(o)),
+            _ => Err(Status::failed_precondition(format!(
+                "the query was embedded with {set}, and this shard serves {}; the shards' models differ",
+                g.serving.set()
+            ))),
+        }
+    }
+
     /// Applies a replayed or freshly logged record.
     pub fn apply(&self, record: WalRecord) {
         match record.op {
             Some(Op::Upsert(req)) => {
-                self.catalog.upsert(StoredItem::from_request(req));
+                self.catalog().upsert(StoredItem::from_request(req));
             }
             Some(Op::Delete(req)) => {
-                self.catalog.delete_versioned(&req.ids, &req.versions);
+                let g = self.generations.read();
+                g.serving.catalog.delete_versioned(&req.ids, &req.versions);
+                // The other generation forgets deleted items at once too.
+                if let Some((o, _)) = &g.other {
+                    o.catalog.delete_versioned(&req.ids, &req.versions);
+                }
             }
             Some(Op::Events(req)) => self.profiles.append(&req.events, &req.versions),
             Some(Op::Signals(req)) => self.signals.update(&req.signals, &req.versions),
@@ -63,8 +118,25 @@ impl ShardState {
     /// Under group commit the wait for the shared fsync happens after the
     /// log's lock is released, so concurrent writers share one flush.
     pub(crate) fn log_and_apply(self: &Arc<Self>, record: WalRecord) -> Result<(), Status> {
+        self.log_and_apply_checked(record).map_err(|e| match e {
+            WriteError::Switched => Status::unavailable("the shard switched models during this write; retry it"),
+            WriteError::Failed(s) => s,
+        })
+    }
+
+    /// [`ShardState::log_and_apply`], refusing (before logging) an upsert
+    /// whose vectors are tagged with models no longer served.
+    pub(crate) fn log_and_apply_checked(self: &Arc<Self>, record: WalRecord) -> Result<(), WriteError> {
         let (appended, snapshot_due) = {
             let mut wal = self.wal.lock();
+            if let Some(Op::Upsert(req)) = &record.op {
+                let serving = self.serving();
+                let tags = &serving.models.tags;
+                let tagged = !req.text_model.is_empty() || !req.image_model.is_empty();
+                if tagged && (req.text_model != tags.text || req.image_model != tags.image) {
+                    return Err(WriteError::Switched);
+                }
+            }
             let appended = wal.append(&record).map_err(|e| storage_status(&e.into()))?;
             self.apply(record);
             (appended, self.snapshots.due(&wal))
@@ -86,16 +158,22 @@ impl ShardState {
 
     /// Writes a snapshot now (blocking); see [`crate::store`].
     pub fn snapshot(&self) -> Result<Written, StoreError> {
-        self.snapshots.take(&self.wal, || Captured {
-            items: self.catalog.export(),
-            deleted: self.catalog.export_deleted(),
+        self.snapshots.take(&self.wal, || self.capture(&self.serving()))
+    }
+
+    /// The state to snapshot, with `generation`'s items (called under the
+    /// log's lock).
+    pub(crate) fn capture(&self, generation: &Generation) -> Captured {
+        Captured {
+            items: generation.catalog.export(),
+            deleted: generation.catalog.export_deleted(),
             events: self.profiles.export(),
             users: self.profiles.len() as u64,
             signals: self.signals.export(),
-            dimension: self.catalog.dimension(),
-            text_model: self.models.tags.text.clone(),
-            image_model: self.models.tags.image.clone(),
-        })
+            dimension: generation.catalog.dimension(),
+            text_model: generation.models.tags.text.clone(),
+            image_model: generation.models.tags.image.clone(),
+        }
     }
 
     /// The hits of one shard search in any of its modes: the index (nearest
@@ -103,6 +181,7 @@ impl ShardState {
     /// candidates. Returns the hits best first and whether they are exact.
     fn find(
         &self,
+        g: &Generation,
         query: Option<&[f32]>,
         k: usize,
         constraint: &Constraint<'_>,
@@ -111,17 +190,17 @@ impl ShardState {
         use pb::shard_search_request::Source;
         let score = |item: &StoredItem| query.map_or(0.0, |q| dot(q, &item.vector));
         match (source, query) {
-            (None, Some(q)) => match self.models.fusion.query_part(q) {
+            (None, Some(q)) => match g.models.fusion.query_part(q) {
                 None => {
-                    let out = self.catalog.search(q, k, constraint);
+                    let out = g.catalog.search(q, k, constraint);
                     (out.hits, out.exact)
                 }
                 Some(part) => {
                     // Items missing the other modality are over-ranked by the
                     // fused vector (crate::fusion), so take twice the hits and
                     // rescore them by the query's modality alone.
-                    let out = self.catalog.search(q, k.saturating_mul(2), constraint);
-                    let fusion = &self.models.fusion;
+                    let out = g.catalog.search(q, k.saturating_mul(2), constraint);
+                    let fusion = &g.models.fusion;
                     let mut hits: Vec<Hit> = out
                         .hits
                         .into_iter()
@@ -144,9 +223,9 @@ impl ShardState {
             (Some(Source::Popular(_)), _) => {
                 let mut accepted = Vec::new();
                 for (id, _) in
-                    self.signals.most_popular(k, |id| self.catalog.get(id).is_some_and(|it| constraint.accepts(&it)))
+                    self.signals.most_popular(k, |id| g.catalog.get(id).is_some_and(|it| constraint.accepts(&it)))
                 {
-                    if let Some(item) = self.catalog.get(&id) {
+                    if let Some(item) = g.catalog.get(&id) {
                         accepted.push(Hit { score: score(&item), item });
                     }
                 }
@@ -158,7 +237,7 @@ impl ShardState {
                     .ids
                     .iter()
                     .filter(|id| seen.insert(id.as_str()))
-                    .filter_map(|id| self.catalog.get(id))
+                    .filter_map(|id| g.catalog.get(id))
                     .filter(|it| constraint.accepts(it))
                     .map(|item| Hit { score: score(&item), item })
                     .collect();
@@ -243,26 +322,44 @@ impl pb::shard_server::Shard for ShardService {
         async move {
             let pb::ShardUpsertRequest { mut items, versions, .. } = request.into_inner();
             check_versions("items", items.len(), &versions)?;
-            let dim = self.state.catalog.dimension();
-            let models = &self.state.models;
-            validate::items(&items, dim, models.embedders(), &self.state.limits)?;
-            let embedded = models.embed_items(&mut items, &self.state.limits).await?;
-            for it in &mut items {
-                // Image bytes are not kept: the image vector is, and reads
-                // never return image bytes.
-                it.image.clear();
-                if let Some(v) = &mut it.vector {
-                    v.values = validate::vector("item vector", &v.values, dim)?;
+            let n = items.len() as u32;
+            // A model switch may commit while this write is being embedded;
+            // the write is then embedded again with the new models (the
+            // switch's write lock makes the second attempt land).
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let g = self.state.serving();
+                let dim = g.catalog.dimension();
+                let mut items = if attempts < 3 { items.clone() } else { std::mem::take(&mut items) };
+                validate::items(&items, dim, g.models.embedders(), &self.state.limits)?;
+                let embedded = g.models.embed_items(&mut items, &self.state.limits).await?;
+                for it in &mut items {
+                    // Image bytes are not kept: the image vector is, and reads
+                    // never return image bytes.
+                    it.image.clear();
+                    if let Some(v) = &mut it.vector {
+                        v.values = validate::vector("item vector", &v.values, dim)?;
+                    }
+                }
+                let mut req = pb::ShardUpsertRequest { items, versions: versions.clone(), ..Default::default() };
+                g.models.tag(&mut req);
+                let record = WalRecord { op: Some(Op::Upsert(req)) };
+                let state = Arc::clone(&self.state);
+                match blocking(move || state.log_and_apply_checked(record)).await? {
+                    Ok(()) => {
+                        g.catalog.maybe_compact_in_background();
+                        return Ok(Response::new(pb::UpsertItemsResponse { upserted: n, embedded, replication: None }));
+                    }
+                    Err(WriteError::Switched) if attempts < 3 => {
+                        tracing::info!(attempts, "models switched while embedding the write; embedding it again");
+                    }
+                    Err(WriteError::Switched) => {
+                        return Err(Status::unavailable("the shard switched models during this write; retry it"))
+                    }
+                    Err(WriteError::Failed(s)) => return Err(s),
                 }
             }
-            let n = items.len() as u32;
-            let mut req = pb::ShardUpsertRequest { items, versions, ..Default::default() };
-            models.tag(&mut req);
-            let record = WalRecord { op: Some(Op::Upsert(req)) };
-            let state = Arc::clone(&self.state);
-            blocking(move || state.log_and_apply(record)).await??;
-            self.state.catalog.maybe_compact_in_background();
-            Ok(Response::new(pb::UpsertItemsResponse { upserted: n, embedded, replication: None }))
         }
         .instrument(span)
         .await
@@ -277,10 +374,11 @@ impl pb::shard_server::Shard for ShardService {
             let req = request.into_inner();
             validate::ids("item id", &req.ids, &self.state.limits)?;
             check_versions("ids", req.ids.len(), &req.versions)?;
-            let existing = req.ids.iter().filter(|id| self.state.catalog.get(id).is_some()).count() as u32;
+            let catalog = self.state.catalog();
+            let existing = req.ids.iter().filter(|id| catalog.get(id).is_some()).count() as u32;
             let state = Arc::clone(&self.state);
             blocking(move || state.log_and_apply(WalRecord { op: Some(Op::Delete(req)) })).await??;
-            self.state.catalog.maybe_compact_in_background();
+            catalog.maybe_compact_in_background();
             Ok(Response::new(pb::DeleteItemsResponse { deleted: existing, replication: None }))
         }
         .instrument(span)
@@ -292,9 +390,13 @@ impl pb::shard_server::Shard for ShardService {
         serving_reads(&self.state)?;
         let req = request.into_inner();
         validate::ids("item id", &req.ids, &self.state.limits)?;
+        let g = self.state.generation(&req.model)?;
         let mut out = pb::GetItemsResponse::default();
+        if req.with_vectors {
+            out.model = g.set().to_string();
+        }
         for id in req.ids {
-            match self.state.catalog.get(&id) {
+            match g.catalog.get(&id) {
                 Some(stored) => out.items.push(stored.to_wire(req.with_vectors)),
                 None => out.missing.push(id),
             }
@@ -310,8 +412,8 @@ impl pb::shard_server::Shard for ShardService {
         async move {
             serving_reads(&self.state)?;
             let req = request.into_inner();
-            self.state.models.check_query(&req.model)?;
-            let dim = self.state.catalog.dimension();
+            let g = self.state.generation(&req.model)?;
+            let dim = g.catalog.dimension();
             let query = match (&req.vector, &req.source) {
                 (Some(v), _) => Some(validate::vector("query vector", &v.values, dim)?),
                 // Popularity and candidate scoring can do without a vector.
@@ -330,7 +432,7 @@ impl pb::shard_server::Shard for ShardService {
                     filter: filter.as_ref(),
                     exclude: req.exclude_ids.iter().map(String::as_str).collect::<HashSet<_>>(),
                 };
-                let (hits, exact) = state.find(query.as_deref(), k, &constraint, req.source.as_ref());
+                let (hits, exact) = state.find(&g, query.as_deref(), k, &constraint, req.source.as_ref());
                 let hits = hits
                     .into_iter()
                     .map(|h| pb::ScoredItem {
@@ -374,7 +476,7 @@ impl pb::shard_server::Shard for ShardService {
                 }
                 None => return Err(Status::invalid_argument("embed needs text, an image or both")),
             };
-            let (v, model) = self.state.models.embed_query(query, deadline, limits).await?;
+            let (v, model) = self.state.serving().models.embed_query(query, deadline, limits).await?;
             Ok(Response::new(pb::EmbedResponse { vector: Some(pb::Vector { values: v }), model }))
         }
         .instrument(span)
@@ -473,6 +575,8 @@ impl pb::shard_server::Shard for ShardService {
 
     async fn info(&self, _request: Request<pb::ClusterInfoRequest>) -> Result<Response<pb::ShardInfo>, Status> {
         let s = &self.state;
+        let report = crate::switch::report(s);
+        let g = s.serving();
         let (wal_last_seq, wal_bytes) = {
             let wal = s.wal.lock();
             (wal.last_seq(), wal.bytes())
@@ -481,22 +585,24 @@ impl pb::shard_server::Shard for ShardService {
             shard: s.shard_id,
             address: String::new(),
             state: if s.peers.is_ready() { pb::ShardState::Serving } else { pb::ShardState::CatchingUp } as i32,
-            items: s.catalog.len() as u64,
-            tombstones: s.catalog.tombstones() as u64,
+            items: g.catalog.len() as u64,
+            tombstones: g.catalog.tombstones() as u64,
             users: s.profiles.len() as u64,
-            model: s.models.text_name(),
-            execution_provider: s.models.execution_provider().to_string(),
-            dimension: s.catalog.dimension() as u32,
+            model: g.models.text_name(),
+            execution_provider: g.models.execution_provider().to_string(),
+            dimension: g.catalog.dimension() as u32,
             virtual_shards: 0,
             items_with_signals: s.signals.len() as u64,
             wal_last_seq,
             snapshot_seq: s.snapshots.last_seq(),
             wal_bytes,
             replica: s.replica,
-            deleted_ids: s.catalog.deleted_ids() as u64,
-            image_model: s.models.image_name(),
-            fusion: s.models.fusion.describe(),
-            model_set: s.models.tags.set.clone(),
+            deleted_ids: g.catalog.deleted_ids() as u64,
+            image_model: g.models.image_name(),
+            fusion: g.models.fusion.describe(),
+            model_set: g.set().to_string(),
+            other_model_set: report.other,
+            other_model_state: report.other_state,
         }))
     }
 
@@ -522,6 +628,17 @@ impl pb::shard_server::Shard for ShardService {
             elapsed_ms: written.elapsed_ms,
             error: String::new(),
         }))
+    }
+
+    async fn switch_models(
+        &self,
+        request: Request<pb::SwitchModelsRequest>,
+    ) -> Result<Response<pb::ShardModelSwitch>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!("shard.switch_models", shard = self.state.shard_id, phase = req.phase,
+            text_model = %req.text_model);
+        let report = crate::switch::run(&self.state, req).instrument(span).await?;
+        Ok(Response::new(report))
     }
 
     async fn list_snapshots(

@@ -45,6 +45,13 @@ pub struct Manifest {
     pub bytes: u64,
     pub crc32c: u32,
     pub created_unix_ms: u64,
+    /// The models whose vectors the items carry (`name@version`; empty:
+    /// none, or a snapshot from before tags). After a model switch the
+    /// newest snapshot is what tells start-up which set to serve.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text_model: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_model: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,12 +77,14 @@ fn invalid(path: &Path, reason: impl Into<String>) -> SnapshotError {
 }
 
 /// Counts for the manifest that the writer knows from the captured state.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Counts {
     pub items: u64,
     pub users: u64,
     pub items_with_signals: u64,
     pub dimension: u32,
+    pub text_model: String,
+    pub image_model: String,
 }
 
 /// A complete snapshot on disk.
@@ -176,6 +185,8 @@ fn write_into(
         created_unix_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
+        text_model: counts.text_model,
+        image_model: counts.image_model,
     };
     let manifest_path = tmp.join(MANIFEST);
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| invalid(&manifest_path, e.to_string()))?;

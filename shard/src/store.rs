@@ -166,10 +166,46 @@ impl Snapshots {
         wal: &parking_lot::Mutex<Wal>,
         capture: impl FnOnce() -> Captured,
     ) -> Result<Written, StoreError> {
+        self.running_one(|| {
+            let started = Instant::now();
+            let (seq, state) = {
+                let mut wal = wal.lock();
+                let seq = wal.rotate()?;
+                (seq, capture())
+            };
+            let (manifest, path) = self.write(seq, state)?;
+            self.prune(wal, seq, manifest, path, started)
+        })
+    }
+
+    /// Like [`Snapshots::take`], but written whole while the caller holds the
+    /// log's lock, so that no write lands between the captured state and
+    /// what the caller does next under the same lock. A model switch commits
+    /// this way: its snapshot, tagged with the new models, must be on disk
+    /// before a write tagged with them is logged. Older snapshots and log
+    /// segments are pruned once the caller lets go ([`Snapshots::prune_after`]).
+    pub fn take_locked(&self, wal: &mut Wal, capture: impl FnOnce() -> Captured) -> Result<Written, StoreError> {
+        self.running_one(|| {
+            let started = Instant::now();
+            let seq = wal.rotate()?;
+            let (manifest, path) = self.write(seq, capture())?;
+            Ok(Written { manifest, path, elapsed_ms: started.elapsed().as_millis() as u64, segments_removed: 0 })
+        })
+    }
+
+    /// Drops what the snapshots kept no longer need after [`Snapshots::take_locked`].
+    pub fn prune_after(&self, wal: &parking_lot::Mutex<Wal>) -> Result<usize, StoreError> {
+        let seq = self.last_seq();
+        let oldest_kept = snapshot::prune(&self.dir, self.policy.keep)?.unwrap_or(seq);
+        Ok(wal.lock().remove_through(oldest_kept)?)
+    }
+
+    /// Runs one snapshot at a time (BUSY otherwise), with its metrics and logs.
+    fn running_one(&self, f: impl FnOnce() -> Result<Written, StoreError>) -> Result<Written, StoreError> {
         if self.running.swap(true, Ordering::AcqRel) {
             return Err(StoreError::Busy);
         }
-        let result = self.take_inner(wal, capture);
+        let result = f();
         self.running.store(false, Ordering::Release);
         let metrics = crate::metrics::get();
         match &result {
@@ -194,29 +230,32 @@ impl Snapshots {
         result
     }
 
-    fn take_inner(
-        &self,
-        wal: &parking_lot::Mutex<Wal>,
-        capture: impl FnOnce() -> Captured,
-    ) -> Result<Written, StoreError> {
-        let started = Instant::now();
-        let (seq, state) = {
-            let mut wal = wal.lock();
-            let seq = wal.rotate()?;
-            (seq, capture())
-        };
+    fn write(&self, seq: u64, state: Captured) -> Result<(Manifest, PathBuf), StoreError> {
         let counts = Counts {
             items: state.items.len() as u64,
             users: state.users,
             items_with_signals: state.signals.len() as u64,
             dimension: state.dimension as u32,
+            text_model: state.text_model.clone(),
+            image_model: state.image_model.clone(),
         };
         let (on_disk, manifest) = snapshot::write(&self.dir, seq, counts, state.into_records())?;
         self.last_seq.store(seq, Ordering::Release);
+        Ok((manifest, on_disk.path))
+    }
+
+    fn prune(
+        &self,
+        wal: &parking_lot::Mutex<Wal>,
+        seq: u64,
+        manifest: Manifest,
+        path: PathBuf,
+        started: Instant,
+    ) -> Result<Written, StoreError> {
         fail::fail_point!("snapshot::before_prune", |_| std::process::abort());
         let oldest_kept = snapshot::prune(&self.dir, self.policy.keep)?.unwrap_or(seq);
         let segments_removed = wal.lock().remove_through(oldest_kept)?;
-        Ok(Written { manifest, path: on_disk.path, elapsed_ms: started.elapsed().as_millis() as u64, segments_removed })
+        Ok(Written { manifest, path, elapsed_ms: started.elapsed().as_millis() as u64, segments_removed })
     }
 }
 

@@ -1311,7 +1311,8 @@ fn snapshot_load_on_damaged_files() {
     });
     run("snapshot_load", fs_cases(), &tally, case, |case| {
         let dir = tempfile::tempdir().unwrap();
-        let counts = snapshot::Counts { items: 3, users: 2, items_with_signals: 1, dimension: 24 };
+        let counts =
+            snapshot::Counts { items: 3, users: 2, items_with_signals: 1, dimension: 24, ..Default::default() };
         let (snap, written) =
             snapshot::write(dir.path(), case.seq, counts, case.records.clone().into_iter()).expect("write");
         let listed: Vec<u64> = snapshot::list(dir.path()).unwrap().iter().map(|s| s.seq).collect();

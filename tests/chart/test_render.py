@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 
 import kubernetes_validate
+
 import pytest
 from kubernetes_validate.utils import latest_version
 
@@ -347,6 +349,42 @@ def test_an_image_model_is_mounted_and_configured():
     baked = chartlib.render({"shard": {"imageModel": {"dir": "/opt/models/clip"}}})
     assert one(baked, "ConfigMap", f"{R}-config")["data"]["VITRINE_SHARD_IMAGE_MODEL_DIR"] == "/opt/models/clip"
     assert all(v["name"] != "image-model" for v in shard_sts(baked)["spec"]["template"]["spec"]["volumes"])
+
+
+def test_a_model_registry_is_mounted_without_rolling_the_pods_on_edit():
+    default = chartlib.render({})
+    assert "VITRINE_SHARD_MODELS" not in one(default, "ConfigMap", f"{R}-config")["data"]
+    assert not [o for o in default if o["kind"] == "ConfigMap" and o["metadata"]["name"] == f"{R}-models"]
+    registry = {
+        "models": [
+            {"name": "all-MiniLM-L6-v2", "version": "1", "kind": "text", "dir": "/opt/vitrine/models/all-minilm-l6-v2"},
+            {"name": "all-MiniLM-L6-v2", "version": "2", "kind": "text", "dir": "/models/minilm-v2",
+             "pooling": "cls"},
+        ],
+        "serve": {"text": "all-MiniLM-L6-v2@1"},
+    }
+    volumes = [{"name": "minilm-v2", "mountPath": "/models/minilm-v2",
+                "volume": {"persistentVolumeClaim": {"claimName": "minilm-v2"}}}]
+    objs = chartlib.render({"shard": {"modelRegistry": registry, "modelVolumes": volumes}})
+    assert one(objs, "ConfigMap", f"{R}-config")["data"]["VITRINE_SHARD_MODELS"] == "/etc/vitrine/models/models.json"
+    assert json.loads(one(objs, "ConfigMap", f"{R}-models")["data"]["models.json"]) == registry
+    pod = shard_sts(objs)["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["model-registry"] == {"name": "model-registry", "mountPath": "/etc/vitrine/models", "readOnly": True}
+    assert mounts["model-minilm-v2"] == {"name": "model-minilm-v2", "mountPath": "/models/minilm-v2",
+                                         "readOnly": True}
+    by_name = {v["name"]: v for v in pod["volumes"]}
+    assert by_name["model-registry"]["configMap"]["name"] == f"{R}-models"
+    assert by_name["model-minilm-v2"]["persistentVolumeClaim"]["claimName"] == "minilm-v2"
+    # Declaring another version (or switching `serve`) does not roll the
+    # pods: `vitrine models switch` does the change while they serve.
+    registry["serve"] = {"text": "all-MiniLM-L6-v2@2"}
+    edited = chartlib.render({"shard": {"modelRegistry": registry, "modelVolumes": volumes}})
+    ann = lambda objs: shard_sts(objs)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]  # noqa: E731
+    assert ann(edited) == ann(objs)
+    assert one(edited, "ConfigMap", f"{R}-models") != one(objs, "ConfigMap", f"{R}-models")
+    # The router does not load models.
+    assert all(v["name"] != "model-registry" for v in router_deploy(objs)["spec"]["template"]["spec"]["volumes"])
 
 
 def test_a_tls_collector_gets_its_ca_in_both_workloads():

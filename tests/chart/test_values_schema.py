@@ -152,6 +152,17 @@ BAD_VALUES = [
     {"shard": {"imageModel": {"volume": {"emptyDir": {}}}}},
     {"shard": {"imageModel": {"fusion": "average"}}},
     {"shard": {"imageModel": {"imageWeight": 0}}},
+    {"shard": {"modelRegistry": {"serve": {"text": "m@1"}}}},
+    {"shard": {"modelRegistry": {"models": [{"name": "m", "version": "1", "kind": "text", "dir": "/m"}]}}},
+    {"shard": {"modelRegistry": {"models": [{"name": "m@x", "version": "1", "kind": "text", "dir": "/m"}],
+                                 "serve": {"text": "m@1"}}}},
+    {"shard": {"modelRegistry": {"models": [{"name": "m", "version": "1", "kind": "audio", "dir": "/m"}],
+                                 "serve": {"text": "m@1"}}}},
+    {"shard": {"modelRegistry": {"models": [{"name": "m", "version": "1", "kind": "text", "dir": "m"}],
+                                 "serve": {"text": "m@1"}}}},
+    {"shard": {"modelVolumes": [{"name": "v2", "volume": {"emptyDir": {}}}]}},
+    {"shard": {"modelVolumes": [{"name": "Bad_Name", "mountPath": "/m", "volume": {"emptyDir": {}}}]}},
+    {"shard": {"modelVolumes": [{"name": "v2", "mountPath": "/m", "volume": {}}]}},
     {"unknownTopLevel": True},
 ]
 

@@ -65,7 +65,10 @@ pub async fn show(client: &mut Client) -> anyhow::Result<()> {
     println!("{}", hits_table(r.get_ref()));
 
     let anchor = "demo-0203";
-    let a = client.get_items(pb::GetItemsRequest { ids: vec![anchor.into()], with_vectors: false }).await?.into_inner();
+    let a = client
+        .get_items(pb::GetItemsRequest { ids: vec![anchor.into()], with_vectors: false, ..Default::default() })
+        .await?
+        .into_inner();
     let name = a.items.first().map(|i| i.title.clone()).context("demo item missing")?;
     title(&format!("SimilarItems to {anchor} \"{name}\""));
     let r = client
@@ -88,6 +91,7 @@ pub async fn show(client: &mut Client) -> anyhow::Result<()> {
         .get_items(pb::GetItemsRequest {
             ids: history.iter().map(|(id, _)| (*id).to_string()).collect(),
             with_vectors: false,
+            ..Default::default()
         })
         .await?
         .into_inner();

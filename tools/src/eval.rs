@@ -536,7 +536,10 @@ impl Ctx<'_> {
                 let mut c = client.clone();
                 async move {
                     let n = ids.len();
-                    let r = c.get_items(pb::GetItemsRequest { ids, with_vectors: true }).await.context("GetItems")?;
+                    let r = c
+                        .get_items(pb::GetItemsRequest { ids, with_vectors: true, ..Default::default() })
+                        .await
+                        .context("GetItems")?;
                     anyhow::Ok((n, r.into_inner()))
                 }
             })

@@ -8,6 +8,7 @@ mod demo;
 mod embed;
 mod eval;
 mod load;
+mod models;
 mod output;
 mod progress;
 mod signals;
@@ -349,6 +350,13 @@ enum Cmd {
         #[command(subcommand)]
         action: Option<snapshot::SnapshotCmd>,
     },
+    /// Model versions: `switch` moves every shard to another text model
+    /// version while the cluster serves (load beside, re-embed, commit,
+    /// release); `release` unloads the other version.
+    Models {
+        #[command(subcommand)]
+        action: models::ModelsCmd,
+    },
     /// Learn behavioural signals (co-visitation neighbours, popularity) from
     /// every user's full sequence in a data set (items.tsv + sequences.txt),
     /// and write them as JSONL and/or upload them to the router (--addr).
@@ -608,6 +616,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Snapshot { action } => {
             snapshot::run(&cli.addr, cli.json, action.unwrap_or(snapshot::SnapshotCmd::Create)).await?
         }
+        Cmd::Models { action } => models::run(&cli.addr, cli.json, action).await?,
         Cmd::Train(args) => train(&cli.addr, &args).await?,
         Cmd::Eval(args) => {
             let json_out = args.json_out.clone();

@@ -104,7 +104,12 @@ pub fn info_table(r: &pb::ClusterInfoResponse) -> String {
             s.virtual_shards.to_string(),
             // The set with versions; shards from before sets existed have
             // only the text model's name.
-            if s.model_set.is_empty() { s.model.clone() } else { s.model_set.clone() },
+            match (s.model_set.is_empty(), s.other_model_set.is_empty()) {
+                (true, _) => s.model.clone(),
+                (false, true) => s.model_set.clone(),
+                // During a model switch: the other set and what it is for.
+                (false, false) => format!("{} (+ {} {})", s.model_set, s.other_model_set, s.other_model_state),
+            },
             s.execution_provider.clone(),
             s.wal_last_seq.to_string(),
             s.snapshot_seq.to_string(),

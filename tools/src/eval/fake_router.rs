@@ -94,7 +94,7 @@ impl Vitrine for FakeRouter {
                 None => missing.push(id),
             }
         }
-        Ok(Response::new(pb::GetItemsResponse { items, missing }))
+        Ok(Response::new(pb::GetItemsResponse { items, missing, model: String::new() }))
     }
 
     async fn search(&self, _: Request<pb::SearchRequest>) -> Result<Response<pb::SearchResponse>, Status> {
@@ -179,6 +179,13 @@ impl Vitrine for FakeRouter {
         &self,
         _: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn switch_models(
+        &self,
+        _: Request<pb::SwitchModelsRequest>,
+    ) -> Result<Response<pb::SwitchModelsResponse>, Status> {
         Err(Status::unimplemented("fake"))
     }
 }
