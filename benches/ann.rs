@@ -13,7 +13,8 @@
 //! the build added, then recall@k and QPS for each search thread count and
 //! ef, first for `hnsw_rs` itself and then for its flattened copy
 //! (`vitrine_shard::flat`), whose lines also carry the time the copy took
-//! (`flatten_s`) and its own size (`index_bytes`). Every line is one JSON
+//! (`flatten_s`) and its own size (`index_bytes`), then for that copy
+//! walking int8 codes with exact re-scoring (`vitrine (flat int8)`). Every line is one JSON
 //! object ([`Line`]); the peers print the same shape, so the summary in
 //! `run-ann.sh` treats all engines alike.
 
@@ -396,6 +397,20 @@ fn main() -> anyhow::Result<()> {
             for &t in &threads {
                 for &ef in &ef {
                     let measured = measure(&queries, &gt, k, t, min_seconds, |q| flat.search(q, k, ef, unsync(accept)));
+                    Line { flatten_s, index_bytes, ..line(&engine, t, ef, measured) }.print();
+                }
+            }
+
+            // The same copy walking int8 codes, results re-scored in f32.
+            let mut q8 = flat;
+            let started = Instant::now();
+            q8.quantize();
+            let flatten_s = flatten_s.map(|f| f + started.elapsed().as_secs_f64());
+            let index_bytes = Some(q8.memory_bytes());
+            let engine = format!("vitrine (flat int8{path})");
+            for &t in &threads {
+                for &ef in &ef {
+                    let measured = measure(&queries, &gt, k, t, min_seconds, |q| q8.search(q, k, ef, unsync(accept)));
                     Line { flatten_s, index_bytes, ..line(&engine, t, ef, measured) }.print();
                 }
             }

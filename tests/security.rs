@@ -176,6 +176,8 @@ async fn a_read_key_cannot_write(ctx: &Ctx) -> Result<()> {
         Code::PermissionDenied,
         &denied("CreateSnapshot"),
     )?;
+    let switch = pb::SwitchModelsRequest { phase: pb::ModelSwitchPhase::Release as i32, ..Default::default() };
+    refused(c.switch_models(switch).await, Code::PermissionDenied, &denied("SwitchModels"))?;
     // Nothing was written or deleted.
     let got = c.get_items(pb::GetItemsRequest {
         ids: vec!["seed".into(), "read-key".into()],

@@ -48,7 +48,15 @@ mod tests {
             pb::methods::VITRINE.iter().copied().filter(|m| of(m) == Access::Needs(Scope::Write)).collect();
         assert_eq!(
             writes,
-            ["UpsertItems", "UpsertItemsStream", "DeleteItems", "RecordEvents", "UpdateSignals", "CreateSnapshot"]
+            [
+                "UpsertItems",
+                "UpsertItemsStream",
+                "DeleteItems",
+                "RecordEvents",
+                "UpdateSignals",
+                "CreateSnapshot",
+                "SwitchModels"
+            ]
         );
         for m in READ_METHODS {
             assert_eq!(of(m), Access::Needs(Scope::Read), "{m}");

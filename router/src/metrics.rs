@@ -92,6 +92,6 @@ mod tests {
     fn the_public_methods_come_from_the_proto() {
         use vitrine_proto::pb::methods::VITRINE;
         assert!(VITRINE.contains(&"Search") && VITRINE.contains(&"UpsertItemsStream"), "{VITRINE:?}");
-        assert_eq!(VITRINE.len(), 12, "{VITRINE:?}");
+        assert_eq!(VITRINE.len(), 13, "{VITRINE:?}");
     }
 }

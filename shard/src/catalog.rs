@@ -159,6 +159,8 @@ pub struct Catalog {
     policy: CompactionPolicy,
     dimension: usize,
     compacting: AtomicBool,
+    /// How graph rebuilds (recovery, compaction) copy their graph for search.
+    flatten: FlattenPolicy,
 }
 
 impl Catalog {
@@ -177,7 +179,16 @@ impl Catalog {
             policy,
             dimension,
             compacting: AtomicBool::new(false),
+            flatten: FlattenPolicy::default(),
         }
+    }
+
+    /// This (empty) catalogue with another policy for its index's flat
+    /// copies, e.g. int8 codes (`--index-vectors int8`).
+    pub fn with_flatten(mut self, flatten: FlattenPolicy) -> Self {
+        self.state.get_mut().index = Arc::new(ServingIndex::new(&self.params, flatten.clone()));
+        self.flatten = flatten;
+        self
     }
 
     pub fn dimension(&self) -> usize {
@@ -263,7 +274,7 @@ impl Catalog {
         order.sort_unstable_by_key(|(p, _)| *p);
         let index = ServingIndex::build(
             &IndexParams { expected_points: points.len().max(1024), ..self.params.clone() },
-            FlattenPolicy::default(),
+            self.flatten.clone(),
             &order,
         );
         drop(order);
@@ -414,7 +425,7 @@ impl Catalog {
         let points: Vec<(PointId, &[f32])> = snapshot.iter().map(|(p, it)| (*p, it.vector.as_slice())).collect();
         let fresh = ServingIndex::build(
             &IndexParams { expected_points: snapshot.len().max(1024), ..self.params.clone() },
-            FlattenPolicy::default(),
+            self.flatten.clone(),
             &points,
         );
         drop(points);

@@ -315,7 +315,11 @@ pub(crate) fn new_catalog(config: &ShardConfig, dimension: usize) -> Catalog {
         ..IndexParams::default()
     };
     let policy = CompactionPolicy { min_tombstones: config.compact_min, max_tombstone_ratio: config.compact_ratio };
-    Catalog::new(dimension, params, policy)
+    let flatten = serving::FlattenPolicy {
+        int8: config.index_vectors == config::IndexVectors::Int8,
+        ..serving::FlattenPolicy::default()
+    };
+    Catalog::new(dimension, params, policy).with_flatten(flatten)
 }
 
 /// Loads the selected models and starts their query batchers.

@@ -40,11 +40,14 @@ pub struct FlattenPolicy {
     /// After a copy that took `t`, the next one waits `rest_factor × t`, so
     /// copying uses at most `1 / (1 + rest_factor)` of one core.
     pub rest_factor: u32,
+    /// Give each copy int8 codes to walk the graph with (`--index-vectors
+    /// int8`, [`FlatIndex::quantize`]); results are re-scored exactly.
+    pub int8: bool,
 }
 
 impl Default for FlattenPolicy {
     fn default() -> Self {
-        Self { flatten_after: 256, max_delta_scan: 1024, rest_factor: 3 }
+        Self { flatten_after: 256, max_delta_scan: 1024, rest_factor: 3, int8: false }
     }
 }
 
@@ -204,7 +207,10 @@ impl Inner {
         // during the copy may be in it half-linked; they stay in the delta.
         let cut = self.view.read().delta.len();
         match FlatIndex::from_hnsw(&self.graph) {
-            Ok(flat) => {
+            Ok(mut flat) => {
+                if self.policy.int8 {
+                    flat.quantize();
+                }
                 let points = flat.len();
                 let mut v = self.view.write();
                 v.delta.drain(..cut);
@@ -285,7 +291,7 @@ mod tests {
     /// Inserts never start a copy, and after each copy the next background
     /// one waits long, so each test decides when to copy.
     fn manual(max_delta_scan: usize) -> FlattenPolicy {
-        FlattenPolicy { flatten_after: usize::MAX, max_delta_scan, rest_factor: 10_000 }
+        FlattenPolicy { flatten_after: usize::MAX, max_delta_scan, rest_factor: 10_000, int8: false }
     }
 
     /// Waits for a background copy, then copies now.
@@ -376,7 +382,7 @@ mod tests {
         let vectors: Vec<Vec<f32>> = (0..4000).map(|_| unit(&mut rng, dim)).collect();
         let index = Arc::new(ServingIndex::new(
             &params(),
-            FlattenPolicy { flatten_after: 64, max_delta_scan: 100_000, rest_factor: 0 },
+            FlattenPolicy { flatten_after: 64, max_delta_scan: 100_000, rest_factor: 0, int8: false },
         ));
         let writer = {
             let index = Arc::clone(&index);
