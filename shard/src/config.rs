@@ -116,10 +116,11 @@ pub struct ShardConfig {
     /// HNSW candidate list while searching.
     #[arg(long, env = "VITRINE_SHARD_HNSW_EF_SEARCH", default_value_t = 64)]
     pub hnsw_ef_search: usize,
-    /// What the graph walk of a search reads: `f32` vectors, or `int8` codes
-    /// (a quarter of the bytes; the results are re-scored with the f32
-    /// vectors, so scores stay exact). docs/PERFORMANCE.md has the trade-off.
-    #[arg(long, env = "VITRINE_SHARD_INDEX_VECTORS", value_enum, default_value = "f32")]
+    /// What the graph walk of a search reads: `int8` codes (a quarter of the
+    /// bytes of the vectors; the results are re-scored with the f32 vectors,
+    /// so scores stay exact; 388 more bytes per item), or the `f32` vectors.
+    /// docs/PERFORMANCE.md has the trade-off.
+    #[arg(long, env = "VITRINE_SHARD_INDEX_VECTORS", value_enum, default_value = "int8")]
     pub index_vectors: IndexVectors,
     /// Rebuild the graph when tombstones exceed this fraction of live items.
     #[arg(long, env = "VITRINE_SHARD_COMPACT_RATIO", default_value_t = 0.25)]

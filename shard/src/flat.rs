@@ -502,29 +502,19 @@ impl Metric for Approx<'_> {
     }
 }
 
-/// Integer dot product of two code rows. Integer addition is associative, so
-/// the compiler vectorises the plain sum (widening multiplies and adds).
+/// Integer dot product of two code rows (`vitrine_kernels`: AVX2 where the
+/// CPU has it).
 #[inline]
 pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    a.iter().zip(b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum()
+    vitrine_kernels::dot_i8(a, b)
 }
 
-/// Dot product with sixteen independent accumulators: without fast-math the
-/// compiler keeps float additions in order, so one accumulator would be one
-/// long dependency chain; sixteen lanes become four independent SSE (or two
-/// AVX) chains the compiler vectorises on its own.
+/// Dot product (`vitrine_kernels`: sixteen independent accumulators, so the
+/// compiler vectorises without fast-math; AVX2 where the CPU has it, with
+/// the same result bit for bit, since each lane adds in the same order).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
-            *s += x * y;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    vitrine_kernels::dot(a, b)
 }
 
 #[cfg(test)]
