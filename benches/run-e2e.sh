@@ -42,11 +42,7 @@ for n in "${item_list[@]}"; do
     data="$work/cluster-$s-$n"
     target/release/vitrine cluster --shards "$s" --no-demo --port "$port" --data-dir "$data" >"$work/cluster.log" 2>&1 &
     cluster_pid=$!
-    for _ in $(seq 1 600); do
-      grep -q "Vitrine is up" "$work/cluster.log" && break
-      kill -0 "$cluster_pid" 2>/dev/null || { cat "$work/cluster.log"; exit 1; }
-      sleep 0.2
-    done
+    wait_for_cluster "$work/cluster.log" "$cluster_pid"
     addr="http://127.0.0.1:$port"
     lg() { target/release/vitrine-loadgen --addr "$addr" --duration "$SECONDS_PER_RUN" "$@" | sed "s/^/shards=$s /" | tee -a "$results"; }
     lg --mode search-vector --concurrency 8 --seed-items "$n" --seed-from "$vectors" --queries "$dir/queries.f32"

@@ -14,6 +14,7 @@ RATE="${2:-40}"
 SECS="${3:-30}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+source benches/peers/setup.sh
 catalog="$root/../shared/data/fashion-products/catalog-text-full.tsv"
 [[ -f "$catalog" ]] || { echo "needs $catalog (../shared/data)" >&2; exit 1; }
 [[ -d .cache/models/all-minilm-l6-v2 ]] || bash scripts/fetch-models.sh
@@ -49,11 +50,7 @@ addr="http://127.0.0.1:$port"
 VITRINE_SHARD_MODELS="$work/models.json" target/release/vitrine cluster --shards 2 --no-demo --port "$port" \
   --data-dir "$work/data" >"$work/cluster.log" 2>&1 &
 cluster_pid=$!
-for _ in $(seq 1 600); do
-  grep -q "Vitrine is up" "$work/cluster.log" && break
-  kill -0 "$cluster_pid" 2>/dev/null || { cat "$work/cluster.log"; exit 1; }
-  sleep 0.2
-done
+wait_for_cluster "$work/cluster.log" "$cluster_pid"
 t0=$(date +%s.%N)
 target/release/vitrine --addr "$addr" load "$work/items.jsonl" >/dev/null
 echo "loaded $ITEMS titles in $(echo "$(date +%s.%N) - $t0" | bc) s"

@@ -22,3 +22,17 @@ bench_setup() {
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@"
   cargo build --release --locked -p vitrine-benches --bin "$bin"
 }
+
+# Waits until the `vitrine cluster` started in the background as PID, logging
+# to LOG, says it is up; prints the log and exits if it dies first.
+# Usage: wait_for_cluster LOG PID
+wait_for_cluster() {
+  local log="$1" pid="$2"
+  for _ in $(seq 1 600); do
+    grep -q "Vitrine is up" "$log" && return 0
+    kill -0 "$pid" 2>/dev/null || { cat "$log"; exit 1; }
+    sleep 0.2
+  done
+  echo "the cluster did not come up in 120 s; its log: $log" >&2
+  exit 1
+}

@@ -91,7 +91,11 @@ struct Codes {
 
 impl Codes {
     fn of(vectors: &[f32], dim: usize) -> Self {
-        let n = vectors.len().checked_div(dim).unwrap_or(0);
+        if dim == 0 {
+            // An empty copy (dimension 0): nothing to code.
+            return Self { data: Vec::new(), scales: Vec::new() };
+        }
+        let n = vectors.len() / dim;
         let mut data = vec![0i8; n * dim];
         let mut scales = vec![0f32; n];
         for (i, (row, out)) in vectors.chunks_exact(dim).zip(data.chunks_exact_mut(dim)).enumerate() {
@@ -613,20 +617,27 @@ mod tests {
     #[test]
     fn empty_index_and_small_index() {
         let empty = HnswIndex::new(&IndexParams::default());
-        let flat = FlatIndex::from_hnsw(&empty).expect("flatten");
+        let mut flat = FlatIndex::from_hnsw(&empty).expect("flatten");
         assert!(flat.is_empty());
+        assert!(flat.search(&[1.0, 0.0], 5, 10, None).is_empty());
+        flat.quantize();
         assert!(flat.search(&[1.0, 0.0], 5, 10, None).is_empty());
 
         let (index, vs) = build(5, 8, 9, |i| 100 + i);
-        let flat = FlatIndex::from_hnsw(&index).expect("flatten");
-        let hits = flat.search(&vs[2], 10, 4, None);
-        assert_eq!(hits.len(), 5);
-        assert_eq!(hits[0].0, 102);
-        let mut ids: Vec<PointId> = hits.iter().map(|h| h.0).collect();
-        ids.sort_unstable();
-        assert_eq!(ids, vec![100, 101, 102, 103, 104]);
-        assert!(flat.search(&vs[2], 0, 4, None).is_empty());
-        assert!(flat.search(&[1.0; 3], 3, 4, None).is_empty(), "wrong dimension matches nothing");
+        for coded in [false, true] {
+            let mut flat = FlatIndex::from_hnsw(&index).expect("flatten");
+            if coded {
+                flat.quantize();
+            }
+            let hits = flat.search(&vs[2], 10, 4, None);
+            assert_eq!(hits.len(), 5);
+            assert_eq!(hits[0].0, 102);
+            let mut ids: Vec<PointId> = hits.iter().map(|h| h.0).collect();
+            ids.sort_unstable();
+            assert_eq!(ids, vec![100, 101, 102, 103, 104]);
+            assert!(flat.search(&vs[2], 0, 4, None).is_empty());
+            assert!(flat.search(&[1.0; 3], 3, 4, None).is_empty(), "wrong dimension matches nothing");
+        }
     }
 
     #[test]
