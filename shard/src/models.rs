@@ -261,7 +261,8 @@ impl Models {
     }
 }
 
-fn has_text(item: &pb::Item) -> bool {
+/// Whether an item has text for the text model (title or description).
+pub(crate) fn has_text(item: &pb::Item) -> bool {
     !item.title.trim().is_empty() || !item.description.trim().is_empty()
 }
 

@@ -35,7 +35,7 @@ use tonic::Status;
 use vitrine_proto::pb;
 
 use crate::catalog::{Catalog, Modalities, StoredItem};
-use crate::models::Models;
+use crate::models::{has_text, Models};
 use crate::registry::Selection;
 use crate::service::{blocking, item_text, ShardState};
 use crate::store::StoreError;
@@ -314,10 +314,6 @@ fn release(state: &ShardState, req: &pb::SwitchModelsRequest) -> Result<(), Stat
 /// Whether a model can make this item's vector again.
 fn can_reembed(item: &StoredItem) -> bool {
     has_text(&item.item) || item.modalities.image.is_some()
-}
-
-fn has_text(item: &pb::Item) -> bool {
-    !item.title.trim().is_empty() || !item.description.trim().is_empty()
 }
 
 /// Brings `staged` up to `serving`: re-embeds every served item that differs
