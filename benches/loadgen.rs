@@ -64,6 +64,12 @@ struct Args {
     /// is embedded; without it the few phrases repeat and are cached.
     #[arg(long)]
     unique_text: bool,
+    /// `search-text`: query texts, one per line, sent in file order (request
+    /// n sends line n), so that a file with more distinct lines than the
+    /// run sends is never answered from the shards' query cache, and the
+    /// same texts can be embedded bare (`vitrine-embedbench --batch 1`).
+    #[arg(long)]
+    texts: Option<std::path::PathBuf>,
 }
 
 fn read_vectors(path: &std::path::Path, dim: usize) -> anyhow::Result<Vec<Vec<f32>>> {
@@ -127,6 +133,16 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("seeded {} items in {:.1} s", args.seed_items, started.elapsed().as_secs_f64());
     }
     let queries = Arc::new(args.queries.as_deref().map(|p| read_vectors(p, dim)).transpose()?.unwrap_or_default());
+    let texts: Arc<Vec<String>> = Arc::new(match &args.texts {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+        None => Vec::new(),
+    });
     let known_items = args.items.unwrap_or(args.seed_items);
     let total_items = info.shards.iter().map(|s| s.items).sum::<u64>() as usize + args.seed_items;
 
@@ -146,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
         let seeded = known_items;
         let queries = Arc::clone(&queries);
         let (unique_text, sequence) = (args.unique_text, Arc::clone(&sequence));
+        let texts = Arc::clone(&texts);
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64);
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
@@ -173,7 +190,10 @@ async fn main() -> anyhow::Result<()> {
                         .is_ok(),
                     Mode::SearchText => {
                         let phrase = PHRASES[rng.random_range(0..PHRASES.len())];
-                        let q = if unique_text {
+                        let q = if !texts.is_empty() {
+                            let n = sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize;
+                            texts[n % texts.len()].clone()
+                        } else if unique_text {
                             format!("{phrase} {}", sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
                         } else {
                             phrase.to_string()
@@ -206,11 +226,24 @@ async fn main() -> anyhow::Result<()> {
     for t in tasks {
         t.await?;
     }
+    let sent = sequence.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    if !texts.is_empty() && sent > texts.len() {
+        eprintln!(
+            "warning: {sent} texts sent from a file of {}: repeated texts may have been answered from the query cache",
+            texts.len()
+        );
+    }
     let h = hist.lock().await;
     let secs = args.duration as f64;
     println!(
-        "mode={:?} items={} concurrency={} rate={} k={} requests={} errors={} qps={:.0} p50={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms",
+        "mode={:?} text={} items={} concurrency={} rate={} k={} requests={} errors={} qps={:.0} p50={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms",
         args.mode,
+        match args.mode {
+            Mode::SearchText if !texts.is_empty() => "file",
+            Mode::SearchText if args.unique_text => "numbered",
+            Mode::SearchText => "phrases",
+            _ => "-",
+        },
         total_items,
         args.concurrency,
         if args.rate > 0 { args.rate.to_string() } else { "max".into() },

@@ -32,6 +32,13 @@ cleanup() {
 trap cleanup EXIT
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+# Search by text against the bare embedding of the same texts: 4,000
+# distinct real titles, sent in order, so the shards' query cache never
+# answers; the bare run embeds them one at a time with the shard's default
+# of one intra-op thread, before any cluster runs.
+texts="$work/texts.txt"
+awk -F"\t" 'NR > 1 { print $2 }' "$data/fashion-products/catalog-text-full.tsv" | awk 'NF && !seen[$0]++ && n++ < 4000' >"$texts"
+target/release/vitrine-embedbench --titles "$texts" --n 4000 --batch 1 --threads 1 | tee "$work/bare.json"
 port=56051
 IFS=, read -ra shard_list <<<"$SHARDS"
 IFS=, read -ra item_list <<<"$ITEMS"
@@ -39,8 +46,8 @@ for n in "${item_list[@]}"; do
   vectors="$root/.cache/bench/e2e-$n.f32"
   [[ -f "$vectors" ]] || "$venv/bin/python" benches/peers/synth_vectors.py --base "$dir/base.f32" --n "$n" --out "$vectors"
   for s in "${shard_list[@]}"; do
-    data="$work/cluster-$s-$n"
-    target/release/vitrine cluster --shards "$s" --no-demo --port "$port" --data-dir "$data" >"$work/cluster.log" 2>&1 &
+    cluster_data="$work/cluster-$s-$n"
+    target/release/vitrine cluster --shards "$s" --no-demo --port "$port" --data-dir "$cluster_data" >"$work/cluster.log" 2>&1 &
     cluster_pid=$!
     wait_for_cluster "$work/cluster.log" "$cluster_pid"
     addr="http://127.0.0.1:$port"
@@ -52,19 +59,28 @@ for n in "${item_list[@]}"; do
     # Text search one at a time: compare its p99 with the bare embedding
     # latency of benches/run-embed.sh (the query is embedded on one shard).
     lg --mode search-text --concurrency 1
+    lg --mode search-text --concurrency 1 --texts "$texts"
     kill "$cluster_pid" && wait "$cluster_pid" 2>/dev/null || true
     cluster_pid=""
-    rm -rf "$data"
+    rm -rf "$cluster_data"
     port=$((port + 100))
   done
 done
 
-python3 - "$results" <<'PY'
-import re, sys
+python3 - "$results" "$work/bare.json" <<'PY'
+import json, re, sys
 rows = [dict(re.findall(r"(\S+?)=(\S+)", l)) for l in open(sys.argv[1])]
+bare = json.loads(open(sys.argv[2]).read())
 print("\n| shards | items | workload | offered | QPS | p50 | p99 | p99.9 | errors |")
 print("|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     offered = f"closed loop, {r['concurrency']} in flight" if r["rate"] == "max" else f"{r['rate']} req/s"
-    print(f"| {r['shards']} | {int(r['items']):,} | {r['mode']} | {offered} | {float(r['qps']):,.0f} | {r['p50']} | {r['p99']} | {r['p99.9']} | {r['errors']} |")
+    workload = {"phrases": "SearchText (10 cached phrases)", "file": "SearchText (distinct titles, uncached)"}.get(r["text"], r["mode"])
+    print(f"| {r['shards']} | {int(r['items']):,} | {workload} | {offered} | {float(r['qps']):,.0f} | {r['p50']} | {r['p99']} | {r['p99.9']} | {r['errors']} |")
+ms = lambda v: float(v.rstrip("ms"))
+print(f"\nBare embedding of the same titles, one at a time, 1 intra-op thread: p50 {bare['batch_p50_ms']} ms, p99 {bare['batch_p99_ms']} ms")
+for r in rows:
+    if r["mode"] == "SearchText" and r["text"] == "file":
+        print(f"shards={r['shards']} items={int(r['items']):,}: search by text p99 {r['p99']} = {ms(r['p99']) / bare['batch_p99_ms']:.2f}x the bare p99 "
+              f"(p50 {r['p50']} = {ms(r['p50']) / bare['batch_p50_ms']:.2f}x)")
 PY

@@ -1015,12 +1015,16 @@ fn get_items() {
     fuzz("get_items", &COUNTERS, messages, |req, _| check_ids("item id", &req.ids));
 }
 
-/// `Shard.GetSignals`.
+/// `Shard.Lookup`: both id lists are checked, items first.
 #[test]
-fn get_signals() {
+fn lookup() {
     static COUNTERS: Counters = Counters::new();
-    let messages = arb_ids(limits().max_batch).prop_map(|ids| pb::GetSignalsRequest { ids }).boxed();
-    fuzz("get_signals", &COUNTERS, messages, |req, _| check_ids("item id", &req.ids));
+    let messages = (arb_ids(limits().max_batch), arb_ids(limits().max_batch))
+        .prop_map(|(ids, signal_ids)| pb::ShardLookupRequest { ids, signal_ids, ..Default::default() })
+        .boxed();
+    fuzz("lookup", &COUNTERS, messages, |req, _| {
+        Ok(check_ids("item id", &req.ids)? && check_ids("signal id", &req.signal_ids)?)
+    });
 }
 
 /// `Vitrine.Search`: `k`, the filter, then the query (an image is validated,

@@ -49,14 +49,24 @@ pub struct RankQuery {
 
 /// The history as read from the shards.
 pub struct History {
-    /// Touched items with their vectors.
-    pub items: HashMap<String, pb::Item>,
+    /// Vectors of the touched items that exist.
+    pub vectors: HashMap<String, Vec<f32>>,
     /// Neighbour lists of the recent items.
     pub neighbours: HashMap<String, Vec<pb::Neighbour>>,
     /// Some shard could not be read.
     pub degraded: bool,
     /// The model set the vectors are in (empty: client-supplied vectors).
     pub model: String,
+}
+
+/// What one round of `Lookup` calls gathered.
+#[derive(Default)]
+struct Looked {
+    vectors: HashMap<String, Vec<f32>>,
+    neighbours: HashMap<String, Vec<pb::Neighbour>>,
+    failed: bool,
+    /// The ids whose vectors each model set made, in answer order.
+    sets: Vec<(String, Vec<String>)>,
 }
 
 impl RankQuery {
@@ -77,8 +87,12 @@ impl RankQuery {
 }
 
 impl Router {
-    /// Reads the touched items (with vectors) and, when behaviour counts,
-    /// the signals of the recent ones, concurrently.
+    /// Reads the touched items' vectors and, when behaviour counts, the
+    /// signals of the recent ones: one `Lookup` per owning shard, so the
+    /// first stage costs one round trip. During a model switch shards may
+    /// answer from different sets; the vectors of the other sets are then
+    /// read again in the first answer's set (each shard holds both until the
+    /// switch is released), so a user vector never averages two spaces.
     pub async fn load_history(&self, deadline: Deadline, q: &RankQuery) -> History {
         let mut seen = HashSet::new();
         let wanted: Vec<String> = q
@@ -91,37 +105,64 @@ impl Router {
             .cloned()
             .collect();
         let recent = if q.settings.behaviour > 0.0 { q.recent() } else { Vec::new() };
-        let ((items, item_errors, model), (neighbours, signal_errors)) =
-            tokio::join!(self.fetch_items(deadline, wanted, true, String::new()), self.fetch_signals(deadline, recent));
-        History { items, neighbours, degraded: !item_errors.is_empty() || signal_errors, model }
+        let mut looked = self.lookup(deadline, wanted, recent, "").await;
+        let model = match looked.sets.len() {
+            0 => String::new(),
+            1 => looked.sets.swap_remove(0).0,
+            _ => {
+                let tag = looked.sets[0].0.clone();
+                let again: Vec<String> = looked.sets.drain(1..).flat_map(|(_, ids)| ids).collect();
+                for id in &again {
+                    looked.vectors.remove(id);
+                }
+                tracing::debug!(model = %tag, items = again.len(), "vectors read from two model sets; reading again in one");
+                let more = self.lookup(deadline, again, Vec::new(), &tag).await;
+                looked.vectors.extend(more.vectors);
+                looked.failed |= more.failed;
+                tag
+            }
+        };
+        History { vectors: looked.vectors, neighbours: looked.neighbours, degraded: looked.failed, model }
     }
 
-    /// Neighbour lists of items, from their owning shards. The flag says
-    /// some shard did not answer.
-    async fn fetch_signals(&self, deadline: Deadline, ids: Vec<String>) -> (HashMap<String, Vec<pb::Neighbour>>, bool) {
-        if ids.is_empty() {
-            return (HashMap::new(), false);
+    /// One `Lookup` per shard that owns any of `ids` or `signal_ids`.
+    async fn lookup(&self, deadline: Deadline, ids: Vec<String>, signal_ids: Vec<String>, model: &str) -> Looked {
+        let mut groups: BTreeMap<u32, pb::ShardLookupRequest> = BTreeMap::new();
+        for (shard, ids) in self.group(ids, |s| s.as_str()) {
+            groups.entry(shard).or_default().ids = ids;
         }
-        let groups = self.group(ids, |s| s.as_str());
-        let calls = groups.into_iter().map(|(shard, ids)| {
+        for (shard, ids) in self.group(signal_ids, |s| s.as_str()) {
+            groups.entry(shard).or_default().signal_ids = ids;
+        }
+        let calls = groups.into_iter().map(|(shard, mut req)| {
+            req.model = model.to_string();
             self.shards.call(shard, deadline, move |mut c, budget| {
-                let mut r = Request::new(pb::GetSignalsRequest { ids: ids.clone() });
+                let mut r = Request::new(req.clone());
                 r.set_timeout(budget);
-                async move { c.get_signals(r).await }
+                async move { c.lookup(r).await }
             })
         });
-        let mut out = HashMap::new();
-        let mut failed = false;
+        let mut out = Looked::default();
         for r in join_all(calls).await {
             match r {
-                Ok(resp) => out.extend(resp.signals.into_iter().map(|s| (s.id, s.neighbours))),
+                Ok(resp) => {
+                    if !resp.vectors.is_empty() {
+                        let ids = resp.vectors.iter().map(|v| v.id.clone());
+                        match out.sets.iter_mut().find(|(m, _)| *m == resp.model) {
+                            Some((_, v)) => v.extend(ids),
+                            None => out.sets.push((resp.model.clone(), ids.collect())),
+                        }
+                    }
+                    out.vectors.extend(resp.vectors.into_iter().filter_map(|v| Some((v.id, v.vector?.values))));
+                    out.neighbours.extend(resp.signals.into_iter().map(|s| (s.id, s.neighbours)));
+                }
                 Err(s) => {
-                    tracing::warn!(error = s.message(), "behavioural signals unavailable");
-                    failed = true;
+                    tracing::warn!(error = s.message(), "history incomplete: a shard did not answer");
+                    out.failed = true;
                 }
             }
         }
-        (out, failed)
+        out
     }
 
     /// Scores exactly `ids` on their owning shards (cosine to `vector`).
@@ -165,7 +206,7 @@ impl Router {
     pub async fn rank(&self, deadline: Deadline, q: RankQuery, history: History) -> Result<pb::SearchResponse, Status> {
         let s = &q.settings;
         let mut degraded = history.degraded;
-        let vec_of = |id: &str| history.items.get(id).and_then(|it| it.vector.as_ref()).map(|v| v.values.as_slice());
+        let vec_of = |id: &str| history.vectors.get(id).map(Vec::as_slice);
         let touches: Vec<Touch<'_>> =
             q.events.iter().filter_map(|(id, t)| vec_of(id).map(|v| Touch { vector: v, event: *t })).collect();
         let positive: Vec<&[f32]> = q.positive.iter().filter_map(|id| vec_of(id)).collect();
@@ -394,8 +435,8 @@ fn nearest_touch(v: &[f32], q: &RankQuery, history: &History) -> Option<String> 
         .map(|(id, _)| id)
         .chain(&q.positive)
         .filter_map(|id| {
-            let hv = history.items.get(id)?.vector.as_ref()?;
-            Some((id, hv.values.iter().zip(v).map(|(a, b)| a * b).sum::<f32>()))
+            let hv = history.vectors.get(id)?;
+            Some((id, hv.iter().zip(v).map(|(a, b)| a * b).sum::<f32>()))
         })
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(id, _)| id.clone())

@@ -560,10 +560,10 @@ impl pb::vitrine_server::Vitrine for VitrineService {
             candidate_ids: Vec::new(),
         };
         let history = r.load_history(deadline, &q).await;
-        if history.degraded && !history.items.contains_key(&req.id) {
+        if history.degraded && !history.vectors.contains_key(&req.id) {
             return Err(Status::unavailable(format!("the shard holding item {:?} is unavailable", req.id)));
         }
-        if !history.items.contains_key(&req.id) {
+        if !history.vectors.contains_key(&req.id) {
             return Err(Status::not_found(format!("item {:?} does not exist", req.id)));
         }
         Ok(Response::new(r.rank(deadline, q, history).await?))

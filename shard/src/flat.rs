@@ -270,6 +270,77 @@ impl FlatIndex {
         Ok(Self { dim, vectors, external, layers, codes: None })
     }
 
+    /// Re-selects every point's layer-0 links with hnswlib's neighbour
+    /// heuristic, from the point's own links and the points that link to
+    /// it, keeping at most `max_links`.
+    ///
+    /// Why: `hnsw_rs` fills a point's list, when a newer point links back to
+    /// it, with the nearest points seen, so lists crowd into one direction
+    /// and a search needs a larger `ef` for the same recall than on an
+    /// hnswlib graph of the same M. The heuristic keeps a candidate only if
+    /// it is nearer to the point than to every link kept so far, i.e. links
+    /// that lead somewhere new, as hnswlib does on insert and on overflow.
+    /// The reverse links bring back the long edges that newer points chose
+    /// with the heuristic when they were inserted.
+    pub fn reselect_links(&mut self, max_links: usize) {
+        let n = self.len();
+        if n == 0 || max_links == 0 {
+            return;
+        }
+        let base = &self.layers[0];
+        let mut reverse: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for i in 0..n as u32 {
+            for &j in base.links(i) {
+                reverse[j as usize].push(i);
+            }
+        }
+        let vector = |i: u32| &self.vectors[i as usize * self.dim..(i as usize + 1) * self.dim];
+        let mut rows: Vec<Vec<u32>> = Vec::with_capacity(n);
+        let mut candidates: Vec<(f32, u32)> = Vec::new();
+        for i in 0..n as u32 {
+            let own = vector(i);
+            candidates.clear();
+            candidates
+                .extend(base.links(i).iter().chain(&reverse[i as usize]).map(|&j| (1.0 - dot(own, vector(j)), j)));
+            candidates.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            candidates.dedup_by_key(|c| c.1);
+            let mut kept: Vec<u32> = Vec::with_capacity(max_links);
+            let mut pruned: Vec<u32> = Vec::new();
+            for &(d, c) in candidates.iter() {
+                if kept.len() == max_links {
+                    break;
+                }
+                let cv = vector(c);
+                if kept.iter().all(|&r| 1.0 - dot(cv, vector(r)) > d) {
+                    kept.push(c);
+                } else {
+                    pruned.push(c);
+                }
+            }
+            // Free slots take the nearest pruned candidates: the heuristic
+            // alone leaves about 9 links of `hnsw_rs`'s 17, too few to
+            // reach the same recall.
+            let room = max_links - kept.len();
+            kept.extend(pruned.into_iter().take(room));
+            rows.push(kept);
+        }
+        let stride = 1 + rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut data = vec![0u32; n * stride];
+        for (i, row) in rows.iter().enumerate() {
+            data[i * stride] = row.len() as u32;
+            data[i * stride + 1..i * stride + 1 + row.len()].copy_from_slice(row);
+        }
+        self.layers[0] = Layer { stride, data };
+    }
+
+    /// Mean and largest number of layer-0 links per point.
+    pub fn base_degree(&self) -> (f64, usize) {
+        let Some(base) = self.layers.first() else { return (0.0, 0) };
+        let n = self.len();
+        let total: usize = (0..n as u32).map(|i| base.links(i).len()).sum();
+        (total as f64 / n.max(1) as f64, base.stride - 1)
+    }
+
     /// Adds int8 codes: the graph walk then scores with them and the `ef`
     /// results are re-scored with the `f32` vectors before the best `k` are
     /// kept, so returned distances are exact.

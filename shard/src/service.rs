@@ -542,16 +542,27 @@ impl pb::shard_server::Shard for ShardService {
         .await
     }
 
-    async fn get_signals(
+    async fn lookup(
         &self,
-        request: Request<pb::GetSignalsRequest>,
-    ) -> Result<Response<pb::GetSignalsResponse>, Status> {
-        let _span = tracing::info_span!("shard.get_signals", shard = self.state.shard_id).entered();
+        request: Request<pb::ShardLookupRequest>,
+    ) -> Result<Response<pb::ShardLookupResponse>, Status> {
+        let _span = tracing::info_span!("shard.lookup", shard = self.state.shard_id).entered();
         serving_reads(&self.state)?;
         let req = request.into_inner();
         validate::ids("item id", &req.ids, &self.state.limits)?;
-        let signals = req.ids.iter().filter_map(|id| self.state.signals.get(id).map(|s| s.to_wire(id))).collect();
-        Ok(Response::new(pb::GetSignalsResponse { signals }))
+        validate::ids("signal id", &req.signal_ids, &self.state.limits)?;
+        let g = self.state.generation(&req.model)?;
+        let vectors = req
+            .ids
+            .into_iter()
+            .filter_map(|id| {
+                let values = g.catalog.get(&id)?.vector.clone();
+                Some(pb::ItemVector { id, vector: Some(pb::Vector { values }) })
+            })
+            .collect();
+        let signals =
+            req.signal_ids.iter().filter_map(|id| self.state.signals.get(id).map(|s| s.to_wire(id))).collect();
+        Ok(Response::new(pb::ShardLookupResponse { vectors, signals, model: g.set().to_string() }))
     }
 
     async fn trending(

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# A/B of two builds of the cluster on this host: the same loads against a
+# cluster of each build in turn (A, B, A, B, ...), each freshly seeded with
+# the same vectors, so that drift in the machine's speed hits both alike.
+# Hosts differ by up to 2x on these workloads; only ratios within one run
+# compare.
+#
+# Usage: bash benches/run-ab.sh DIR_A DIR_B [ROUNDS=2] [ITEMS=100000] [SECONDS=8]
+#   DIR_A, DIR_B: directories holding `vitrine`, `vitrine-router` and
+#   `vitrine-shard` of each build, e.g. for the build of a commit:
+#     git worktree add /tmp/a <commit> && (cd /tmp/a && cargo build --release --bins) \
+#       && mkdir /tmp/bin-a && cp /tmp/a/target/release/vitrine{,-router,-shard} /tmp/bin-a/
+#   The load generator is this checkout's.
+set -euo pipefail
+[[ $# -ge 2 ]] || { sed -n 2,13p "$0"; exit 2; }
+a="$(realpath "$1")"
+b="$(realpath "$2")"
+ROUNDS="${3:-2}"
+N="${4:-100000}"
+SECS="${5:-8}"
+source "$(dirname "$0")/peers/setup.sh"
+bench_setup vitrine-loadgen numpy==2.3.5
+dir="$root/.cache/bench/titles-minilm"
+if [[ ! -f "$dir/base.f32" ]]; then
+  echo "no title vectors at $dir: run bash benches/run-ann.sh once first" >&2
+  exit 1
+fi
+vectors="$root/.cache/bench/e2e-$N.f32"
+[[ -f "$vectors" ]] || "$venv/bin/python" benches/peers/synth_vectors.py --base "$dir/base.f32" --n "$N" --out "$vectors"
+
+work="$(mktemp -d)"
+cluster_pid=""
+cleanup() {
+  [[ -n "$cluster_pid" ]] && kill "$cluster_pid" 2>/dev/null && wait "$cluster_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+port=58051
+for round in $(seq 1 "$ROUNDS"); do
+  for variant in A B; do
+    bin="$a"
+    [[ "$variant" == B ]] && bin="$b"
+    "$bin/vitrine" cluster --shards 2 --no-demo --port "$port" --data-dir "$work/data" >"$work/cluster.log" 2>&1 &
+    cluster_pid=$!
+    wait_for_cluster "$work/cluster.log" "$cluster_pid"
+    addr="http://127.0.0.1:$port"
+    lg() { target/release/vitrine-loadgen --addr "$addr" --duration "$SECS" "$@" | sed "s/^/round=$round build=$variant /" | tee -a "$work/results.txt"; }
+    lg --mode search-vector --concurrency 8 --seed-items "$N" --seed-from "$vectors" --queries "$dir/queries.f32"
+    lg --mode recommend --concurrency 8 --items "$N"
+    lg --mode recommend --concurrency 8 --rate 500 --items "$N"
+    kill "$cluster_pid" && wait "$cluster_pid" 2>/dev/null || true
+    cluster_pid=""
+    rm -rf "$work/data"
+    port=$((port + 100))
+  done
+done
+
+python3 - "$work/results.txt" <<'PY'
+import re, sys
+from collections import defaultdict
+rows = [dict(re.findall(r"(\S+?)=(\S+)", l)) for l in open(sys.argv[1])]
+runs = defaultdict(list)
+for r in rows:
+    offered = "closed loop, 8 in flight" if r["rate"] == "max" else f"{r['rate']} req/s"
+    runs[(r["mode"], offered)].append(r)
+print("\n| workload | offered | build | round | QPS | p50 | p99 | p99.9 |")
+print("|---|---|---|---|---|---|---|---|")
+for (mode, offered), rs in runs.items():
+    for r in rs:
+        print(f"| {mode} | {offered} | {r['build']} | {r['round']} | {float(r['qps']):,.0f} | {r['p50']} | {r['p99']} | {r['p99.9']} |")
+    qps = {v: [float(r["qps"]) for r in rs if r["build"] == v] for v in "AB"}
+    if qps["A"] and qps["B"]:
+        print(f"| {mode} | {offered} | B/A mean QPS | | {sum(qps['B']) / len(qps['B']) / (sum(qps['A']) / len(qps['A'])):.2f} | | | |")
+PY
