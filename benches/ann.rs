@@ -78,10 +78,6 @@ enum Cmd {
         /// (what a shard with tombstones or a filter does).
         #[arg(long)]
         filtered: bool,
-        /// Re-select the int8 copy's layer-0 links with hnswlib's heuristic,
-        /// keeping at most this many (`FlatIndex::reselect_links`).
-        #[arg(long, value_delimiter = ',')]
-        reselect: Vec<usize>,
     },
 }
 
@@ -339,7 +335,7 @@ fn main() -> anyhow::Result<()> {
             )?;
             eprintln!("wrote {} base and {} query vectors to {}", base.len(), qs.len(), out.display());
         }
-        Cmd::Search { dir, m, ef_construction, ef, threads, build_threads, min_seconds, filtered, reselect } => {
+        Cmd::Search { dir, m, ef_construction, ef, threads, build_threads, min_seconds, filtered } => {
             let meta = Meta::read(&dir.join("meta.json"))?;
             let (dim, k) = (meta.dim, meta.k);
             let base = read_f32(&dir.join("base.f32"), dim)?;
@@ -366,8 +362,6 @@ fn main() -> anyhow::Result<()> {
             let accept_all = |_: PointId| true;
             let accept: Option<&(dyn Fn(PointId) -> bool + Sync)> = if filtered { Some(&accept_all) } else { None };
             let path = if filtered { ", filtered path" } else { "" };
-            let reselected: Vec<String> =
-                reselect.iter().map(|max| format!("vitrine (flat int8, links reselected <= {max}{path})")).collect();
             let line = |engine, threads, ef, (recall, qps)| Line {
                 engine,
                 dataset: &dataset,
@@ -409,7 +403,6 @@ fn main() -> anyhow::Result<()> {
 
             // The same copy walking int8 codes, results re-scored in f32.
             let mut q8 = flat;
-
             let started = Instant::now();
             q8.quantize();
             let flatten_s = flatten_s.map(|f| f + started.elapsed().as_secs_f64());
@@ -419,31 +412,6 @@ fn main() -> anyhow::Result<()> {
                 for &ef in &ef {
                     let measured = measure(&queries, &gt, k, t, min_seconds, |q| q8.search(q, k, ef, unsync(accept)));
                     Line { flatten_s, index_bytes, ..line(&engine, t, ef, measured) }.print();
-                }
-            }
-
-            // Experiments: the int8 copy with layer-0 links re-selected.
-            for (&max, engine) in reselect.iter().zip(&reselected) {
-                let mut copy = FlatIndex::from_hnsw(&index)?;
-                copy.quantize();
-                let started = Instant::now();
-                let before = copy.base_degree();
-                copy.reselect_links(max);
-                let after = copy.base_degree();
-                eprintln!(
-                    "layer-0 links re-selected (at most {max}) in {:.2} s: mean/max degree {:.1}/{} -> {:.1}/{}",
-                    started.elapsed().as_secs_f64(),
-                    before.0,
-                    before.1,
-                    after.0,
-                    after.1
-                );
-                for &t in &threads {
-                    for &ef in &ef {
-                        let measured =
-                            measure(&queries, &gt, k, t, min_seconds, |q| copy.search(q, k, ef, unsync(accept)));
-                        Line { flatten_s, index_bytes, ..line(engine, t, ef, measured) }.print();
-                    }
                 }
             }
         }

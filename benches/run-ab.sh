@@ -20,21 +20,11 @@ N="${4:-100000}"
 SECS="${5:-8}"
 source "$(dirname "$0")/peers/setup.sh"
 bench_setup vitrine-loadgen numpy==2.3.5
-dir="$root/.cache/bench/titles-minilm"
-if [[ ! -f "$dir/base.f32" ]]; then
-  echo "no title vectors at $dir: run bash benches/run-ann.sh once first" >&2
-  exit 1
-fi
+require_title_vectors
 vectors="$root/.cache/bench/e2e-$N.f32"
 [[ -f "$vectors" ]] || "$venv/bin/python" benches/peers/synth_vectors.py --base "$dir/base.f32" --n "$N" --out "$vectors"
 
-work="$(mktemp -d)"
-cluster_pid=""
-cleanup() {
-  [[ -n "$cluster_pid" ]] && kill "$cluster_pid" 2>/dev/null && wait "$cluster_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 port=58051
 for round in $(seq 1 "$ROUNDS"); do

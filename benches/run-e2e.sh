@@ -17,19 +17,9 @@ source "$(dirname "$0")/peers/setup.sh"
 bench_setup vitrine-loadgen numpy==2.3.5
 cargo build --release --locked --bins
 
-dir="$root/.cache/bench/titles-minilm"
-if [[ ! -f "$dir/base.f32" ]]; then
-  echo "no title vectors at $dir: run bash benches/run-ann.sh once first" >&2
-  exit 1
-fi
-work="$(mktemp -d)"
+require_title_vectors
+bench_workdir
 results="$work/results.txt"
-cluster_pid=""
-cleanup() {
-  [[ -n "$cluster_pid" ]] && kill "$cluster_pid" 2>/dev/null && wait "$cluster_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 # Search by text against the bare embedding of the same texts: 4,000
@@ -47,12 +37,32 @@ for n in "${item_list[@]}"; do
   [[ -f "$vectors" ]] || "$venv/bin/python" benches/peers/synth_vectors.py --base "$dir/base.f32" --n "$n" --out "$vectors"
   for s in "${shard_list[@]}"; do
     cluster_data="$work/cluster-$s-$n"
-    target/release/vitrine cluster --shards "$s" --no-demo --port "$port" --data-dir "$cluster_data" >"$work/cluster.log" 2>&1 &
+    metrics=$((port + 50))
+    target/release/vitrine cluster --shards "$s" --no-demo --port "$port" --metrics-port "$metrics" \
+      --data-dir "$cluster_data" >"$work/cluster.log" 2>&1 &
     cluster_pid=$!
     wait_for_cluster "$work/cluster.log" "$cluster_pid"
     addr="http://127.0.0.1:$port"
+    target/release/vitrine-loadgen --addr "$addr" --duration 0 --concurrency 1 --seed-items "$n" --seed-from "$vectors" >/dev/null
+    # Measure the index as it serves once loaded: wait until every shard's
+    # flat copy has caught up with the inserts (fewer points waiting than
+    # trigger the next copy, so none is running or due). During the load,
+    # large shards fall behind and walk the slower hnsw_rs graph meanwhile;
+    # the next copy starts on a write or a search once the previous copy's
+    # rest is over, so one search a second keeps the catch-up going.
+    settle_start=$(date +%s)
+    for i in $(seq 1 300); do
+      target/release/vitrine-loadgen --addr "$addr" --duration 0 --concurrency 1 --queries "$dir/queries.f32" >/dev/null
+      waiting=0
+      for ((j = 0; j < s; j++)); do
+        d=$(curl -sf "http://127.0.0.1:$((metrics + 1 + j))/metrics" | awk '/^vitrine_index_delta_points /{print $2}')
+        ((${d:-1000000} >= 256)) && waiting=1
+      done
+      ((waiting == 0)) && break
+    done
+    echo "shards=$s items=$n: flat copies caught up $(($(date +%s) - settle_start)) s after the load"
     lg() { target/release/vitrine-loadgen --addr "$addr" --duration "$SECONDS_PER_RUN" "$@" | sed "s/^/shards=$s /" | tee -a "$results"; }
-    lg --mode search-vector --concurrency 8 --seed-items "$n" --seed-from "$vectors" --queries "$dir/queries.f32"
+    lg --mode search-vector --concurrency 8 --queries "$dir/queries.f32"
     lg --mode search-vector --concurrency 8 --rate 1000 --queries "$dir/queries.f32"
     lg --mode recommend --concurrency 8 --items "$n"
     lg --mode recommend --concurrency 8 --rate 1000 --items "$n"

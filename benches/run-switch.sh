@@ -20,13 +20,7 @@ catalog="$root/../shared/data/fashion-products/catalog-text-full.tsv"
 [[ -d .cache/models/all-minilm-l6-v2 ]] || bash scripts/fetch-models.sh
 cargo build --release --locked --bins
 
-work="$(mktemp -d)"
-cluster_pid=""
-cleanup() {
-  [[ -n "$cluster_pid" ]] && kill "$cluster_pid" 2>/dev/null && wait "$cluster_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir
 model="$root/.cache/models/all-minilm-l6-v2"
 cat >"$work/models.json" <<JSON
 {"models": [

@@ -73,6 +73,8 @@ fn metrics_follow_real_calls() {
             "vitrine_query_cache_total",
             "vitrine_index_items",
             "vitrine_index_tombstones",
+            "vitrine_index_flat_points",
+            "vitrine_index_delta_points",
             "vitrine_wal_bytes",
             "vitrine_wal_fsync_seconds",
         ] {
@@ -114,6 +116,9 @@ fn metrics_follow_real_calls() {
         let (before, after) = (&s0.shards[*shard as usize], &s1.shards[*shard as usize]);
         assert_eq!(after.sum("vitrine_index_items", &[]), *n as f64, "shard {shard}");
         assert_eq!(after.sum("vitrine_index_tombstones", &[]), 0.0, "shard {shard}");
+        // Every indexed point is in the flat copy or waits for the next one.
+        let (flat, delta) = (after.sum("vitrine_index_flat_points", &[]), after.sum("vitrine_index_delta_points", &[]));
+        assert_eq!(flat + delta, *n as f64, "shard {shard}: flat copy {flat} + waiting {delta}");
         assert!(after.sum("vitrine_wal_bytes", &[]) > before.sum("vitrine_wal_bytes", &[]), "shard {shard}");
         let fsyncs = |m: &Metrics| m.sum("vitrine_wal_fsync_seconds_count", &[]);
         assert_eq!(fsyncs(after) - fsyncs(before), 1.0, "shard {shard}: one logged batch, one fsync");

@@ -36,3 +36,24 @@ wait_for_cluster() {
   echo "the cluster did not come up in 120 s; its log: $log" >&2
   exit 1
 }
+
+# A scratch directory in $work for the run, removed on exit together with
+# the cluster the script started (its pid in $cluster_pid, if any).
+bench_workdir() {
+  work="$(mktemp -d)"
+  cluster_pid=""
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  [[ -n "$cluster_pid" ]] && kill "$cluster_pid" 2>/dev/null && wait "$cluster_pid" 2>/dev/null
+  rm -rf "$work"
+}
+
+# The real title vectors (written by benches/run-ann.sh) in $dir.
+require_title_vectors() {
+  dir="$root/.cache/bench/titles-minilm"
+  if [[ ! -f "$dir/base.f32" ]]; then
+    echo "no title vectors at $dir: run bash benches/run-ann.sh once first" >&2
+    exit 1
+  fi
+}

@@ -209,6 +209,12 @@ impl Catalog {
         self.state.read().tombstones
     }
 
+    /// Sizes of the index's flat copy and of the points inserted since it
+    /// was taken (`None` when the index serves from its graph alone).
+    pub fn serving_stats(&self) -> Option<crate::serving::ServingStats> {
+        self.state.read().index.serving_stats()
+    }
+
     /// The version stored for an id: its live item's, or its delete's.
     pub fn version_of(&self, id: &str) -> Option<u64> {
         let s = self.state.read();

@@ -52,6 +52,12 @@ pub trait VectorIndex: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Sizes of the flat copy and of the points waiting for the next one,
+    /// for an index that serves from a copy ([`crate::serving::ServingIndex`]);
+    /// `None` for a bare graph.
+    fn serving_stats(&self) -> Option<crate::serving::ServingStats> {
+        None
+    }
 }
 
 /// `hnsw_rs` with dot-product distance on unit vectors.

@@ -45,6 +45,10 @@ pub(crate) struct ShardMetrics {
     pub index_items: IntGauge,
     /// Deleted or replaced items still in the graph (set on scrape).
     pub index_tombstones: IntGauge,
+    /// Points in the flat copy that searches walk (set on scrape).
+    pub index_flat_points: IntGauge,
+    /// Points inserted since the flat copy was taken (set on scrape).
+    pub index_delta_points: IntGauge,
     /// Size of the write-ahead log (set by the log).
     pub wal_bytes: IntGauge,
     /// Per fsync of the log (per append under `always`, per shared flush
@@ -62,7 +66,8 @@ pub(crate) struct ShardMetrics {
     pub ready: IntGauge,
 }
 
-static METRICS: LazyLock<ShardMetrics> = LazyLock::new(|| ShardMetrics {
+static METRICS: LazyLock<ShardMetrics> = LazyLock::new(|| {
+    ShardMetrics {
     embed_queue_seconds: vitrine_metrics::histogram_vec(
         "vitrine_embed_queue_seconds",
         "Time a query waited in the embedding batcher's queue, by modality",
@@ -101,6 +106,14 @@ static METRICS: LazyLock<ShardMetrics> = LazyLock::new(|| ShardMetrics {
         "vitrine_index_tombstones",
         "Deleted or replaced items still in this shard's graph, until compaction",
     ),
+    index_flat_points: vitrine_metrics::gauge(
+        "vitrine_index_flat_points",
+        "Points in the flat copy of this shard's graph that searches walk",
+    ),
+    index_delta_points: vitrine_metrics::gauge(
+        "vitrine_index_delta_points",
+        "Points inserted since the flat copy was taken: scanned exactly up to 1,024, above that searches walk the slower hnsw_rs graph until the next copy",
+    ),
     wal_bytes: vitrine_metrics::gauge("vitrine_wal_bytes", "Size of this shard's write-ahead log in bytes"),
     wal_fsync_seconds: vitrine_metrics::histogram(
         "vitrine_wal_fsync_seconds",
@@ -130,6 +143,7 @@ static METRICS: LazyLock<ShardMetrics> = LazyLock::new(|| ShardMetrics {
         "vitrine_replica_ready",
         "1 while this replica serves reads, 0 while it catches up with its peers",
     ),
+}
 });
 
 pub(crate) fn get() -> &'static ShardMetrics {
@@ -161,6 +175,9 @@ pub fn refresh(state: &ShardState) {
     let catalog = state.catalog();
     m.index_items.set(catalog.len() as i64);
     m.index_tombstones.set(catalog.tombstones() as i64);
+    let serving = catalog.serving_stats().unwrap_or_default();
+    m.index_flat_points.set(serving.flat_points as i64);
+    m.index_delta_points.set(serving.delta_points as i64);
     m.wal_last_seq.set(state.wal.lock().last_seq() as i64);
     m.ready.set(i64::from(state.peers.is_ready()));
 }
@@ -182,6 +199,8 @@ mod tests {
             "vitrine_image_preprocess_seconds",
             "vitrine_index_items",
             "vitrine_index_tombstones",
+            "vitrine_index_flat_points",
+            "vitrine_index_delta_points",
             "vitrine_wal_bytes",
             "vitrine_wal_fsync_seconds",
             "vitrine_snapshots_total",
