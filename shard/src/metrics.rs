@@ -66,8 +66,7 @@ pub(crate) struct ShardMetrics {
     pub ready: IntGauge,
 }
 
-static METRICS: LazyLock<ShardMetrics> = LazyLock::new(|| {
-    ShardMetrics {
+static METRICS: LazyLock<ShardMetrics> = LazyLock::new(|| ShardMetrics {
     embed_queue_seconds: vitrine_metrics::histogram_vec(
         "vitrine_embed_queue_seconds",
         "Time a query waited in the embedding batcher's queue, by modality",
@@ -112,7 +111,7 @@ static METRICS: LazyLock<ShardMetrics> = LazyLock::new(|| {
     ),
     index_delta_points: vitrine_metrics::gauge(
         "vitrine_index_delta_points",
-        "Points inserted since the flat copy was taken: scanned exactly up to 1,024, above that searches walk the slower hnsw_rs graph until the next copy",
+        "Points inserted since the flat copy was taken (above 1,024, searches walk the slower graph)",
     ),
     wal_bytes: vitrine_metrics::gauge("vitrine_wal_bytes", "Size of this shard's write-ahead log in bytes"),
     wal_fsync_seconds: vitrine_metrics::histogram(
@@ -143,7 +142,6 @@ static METRICS: LazyLock<ShardMetrics> = LazyLock::new(|| {
         "vitrine_replica_ready",
         "1 while this replica serves reads, 0 while it catches up with its peers",
     ),
-}
 });
 
 pub(crate) fn get() -> &'static ShardMetrics {

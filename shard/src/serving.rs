@@ -260,6 +260,10 @@ impl VectorIndex for ServingIndex {
     fn len(&self) -> usize {
         self.inner.graph.len()
     }
+
+    fn serving_stats(&self) -> Option<ServingStats> {
+        Some(self.stats())
+    }
 }
 
 #[cfg(test)]
