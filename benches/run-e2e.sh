@@ -66,8 +66,9 @@ for n in "${item_list[@]}"; do
     lg --mode search-vector --concurrency 8 --rate 1000 --queries "$dir/queries.f32"
     lg --mode recommend --concurrency 8 --items "$n"
     lg --mode recommend --concurrency 8 --rate 1000 --items "$n"
-    # Text search one at a time: compare its p99 with the bare embedding
-    # latency of benches/run-embed.sh (the query is embedded on one shard).
+    # Text search one at a time: 10 repeated phrases (answered by the query
+    # cache), then the distinct titles, compared below with their bare
+    # embedding.
     lg --mode search-text --concurrency 1
     lg --mode search-text --concurrency 1 --texts "$texts"
     kill "$cluster_pid" && wait "$cluster_pid" 2>/dev/null || true
