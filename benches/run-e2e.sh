@@ -46,19 +46,19 @@ for n in "${item_list[@]}"; do
     target/release/vitrine-loadgen --addr "$addr" --duration 0 --concurrency 1 --seed-items "$n" --seed-from "$vectors" >/dev/null
     # Measure the index as it serves once loaded: wait until every shard's
     # flat copy has caught up with the inserts (fewer points waiting than
-    # trigger the next copy, so none is running or due). During the load,
-    # large shards fall behind and walk the slower hnsw_rs graph meanwhile;
-    # the next copy starts on a write or a search once the previous copy's
-    # rest is over, so one search a second keeps the catch-up going.
+    # trigger the next copy). During the load, large shards fall behind and
+    # walk the slower hnsw_rs graph meanwhile; each shard's copier keeps
+    # copying on its own until it has caught up, so no requests are sent
+    # while waiting (10 minutes at most).
     settle_start=$(date +%s)
-    for i in $(seq 1 300); do
-      target/release/vitrine-loadgen --addr "$addr" --duration 0 --concurrency 1 --queries "$dir/queries.f32" >/dev/null
+    for i in $(seq 1 600); do
       waiting=0
       for ((j = 0; j < s; j++)); do
         d=$(curl -sf "http://127.0.0.1:$((metrics + 1 + j))/metrics" | awk '/^vitrine_index_delta_points /{print $2}')
         ((${d:-1000000} >= 256)) && waiting=1
       done
       ((waiting == 0)) && break
+      sleep 1
     done
     echo "shards=$s items=$n: flat copies caught up $(($(date +%s) - settle_start)) s after the load"
     lg() { target/release/vitrine-loadgen --addr "$addr" --duration "$SECONDS_PER_RUN" "$@" | sed "s/^/shards=$s /" | tee -a "$results"; }

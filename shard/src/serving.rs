@@ -18,9 +18,16 @@
 //! background copies) searches go to the graph itself, which holds every
 //! point: slower, never wrong. Re-copying is rate-limited to a duty cycle so
 //! that a steady stream of writes cannot keep a core busy copying.
+//!
+//! The copies run on one background thread (the *copier*) that keeps
+//! copying, resting between copies, until the delta is short again. A write
+//! or search that finds the delta long starts the copier if none runs, even
+//! during a rest: the copier then waits the rest out. So once a bulk load
+//! ends, an idle shard catches up on its own instead of waiting for the
+//! next request, whose search would otherwise walk the slower graph.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -83,8 +90,10 @@ struct Inner {
     graph: HnswIndex,
     view: RwLock<View>,
     policy: FlattenPolicy,
-    /// A background copy is running.
+    /// A copy is being taken (by the copier or [`ServingIndex::flatten_now`]).
     flattening: AtomicBool,
+    /// The copier thread exists (copying, or waiting for its rest to end).
+    copier: AtomicBool,
     /// The next background copy may not start before this.
     rest_until: Mutex<Instant>,
 }
@@ -105,6 +114,7 @@ impl ServingIndex {
                 view: RwLock::new(View::default()),
                 policy,
                 flattening: AtomicBool::new(false),
+                copier: AtomicBool::new(false),
                 rest_until: Mutex::new(Instant::now()),
             }),
         }
@@ -119,8 +129,8 @@ impl ServingIndex {
         this
     }
 
-    /// Takes a fresh copy now, on this thread, unless a background copy is
-    /// running (then that one will do). For bulk builds, where the caller
+    /// Takes a fresh copy now, on this thread, unless a copy is being taken
+    /// (then that one will do). For bulk builds, where the caller
     /// wants the fast path as soon as the build returns.
     pub fn flatten_now(&self) {
         if !self.inner.flattening.swap(true, Ordering::AcqRel) {
@@ -184,17 +194,58 @@ impl View {
 }
 
 impl Inner {
-    /// Starts a background copy unless one is running or the duty cycle says
-    /// rest.
+    /// Delta length at which the copier should run: the policy's trigger,
+    /// or the length at which searches leave the copy for the graph.
+    fn copy_wanted(&self, pending: usize) -> bool {
+        pending >= self.policy.flatten_after || pending > self.policy.max_delta_scan
+    }
+
+    /// Starts the copier unless it runs; the copier honours the duty cycle.
     fn flatten_in_background(self: &Arc<Self>) {
-        if Instant::now() < *self.rest_until.lock() || self.flattening.swap(true, Ordering::AcqRel) {
+        if self.copier.swap(true, Ordering::AcqRel) {
             return;
         }
-        let this = Arc::clone(self);
-        let spawned = std::thread::Builder::new().name("flatten".into()).spawn(move || this.flatten());
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("flatten".into()).spawn(move || Self::run_copier(&weak));
         if let Err(e) = spawned {
-            self.flattening.store(false, Ordering::Release);
+            self.copier.store(false, Ordering::Release);
             tracing::warn!(error = %e, "cannot start the index copy thread; searches use the graph meanwhile");
+        }
+    }
+
+    /// The copier: rest, copy, repeat while the delta is long. It holds the
+    /// index only weakly while it rests, so dropping the index ends it at
+    /// its next wake-up.
+    fn run_copier(weak: &Weak<Self>) {
+        loop {
+            let Some(this) = weak.upgrade() else { return };
+            let pending = this.view.read().delta.len();
+            if !this.copy_wanted(pending) {
+                this.copier.store(false, Ordering::Release);
+                // A writer that saw `copier` set just before the store above
+                // did not start one; look once more so its points are not
+                // left waiting for the next request.
+                let pending = this.view.read().delta.len();
+                if this.copy_wanted(pending) && !this.copier.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                return;
+            }
+            let rest = this.rest_until.lock().saturating_duration_since(Instant::now());
+            if !rest.is_zero() {
+                drop(this);
+                std::thread::sleep(rest);
+                // The delta or the rest may have changed meanwhile: re-read.
+                continue;
+            }
+            if this.flattening.swap(true, Ordering::AcqRel) {
+                // `flatten_now` is copying on another thread; look again
+                // once it is done.
+                drop(this);
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            this.flatten();
         }
     }
 
@@ -298,11 +349,17 @@ mod tests {
         FlattenPolicy { flatten_after: usize::MAX, max_delta_scan, rest_factor: 10_000, int8: false }
     }
 
-    /// Waits for a background copy, then copies now.
-    fn settle(index: &ServingIndex) {
-        while index.inner.flattening.load(Ordering::Acquire) {
-            std::thread::yield_now();
+    /// Waits until the copier has stopped (it stops once the delta is
+    /// short) and no copy is being taken.
+    fn wait_for_copier(index: &ServingIndex) {
+        while index.inner.copier.load(Ordering::Acquire) || index.inner.flattening.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// Waits for the copier, then copies now.
+    fn settle(index: &ServingIndex) {
+        wait_for_copier(index);
         index.flatten_now();
     }
 
@@ -399,9 +456,7 @@ mod tests {
         };
         // Copies run in the background while the writer inserts.
         writer.join().expect("writer thread");
-        while index.inner.flattening.load(Ordering::Acquire) {
-            std::thread::yield_now();
-        }
+        wait_for_copier(&index);
         assert!(index.stats().flattens >= 1);
         let held = |index: &ServingIndex| {
             let view = index.inner.view.read();
@@ -421,5 +476,57 @@ mod tests {
             assert_eq!(path, Path::FlatAndDelta);
             assert_eq!(hits.first().map(|h| h.0), Some(q));
         }
+    }
+
+    /// After a bulk load, an idle index catches up with no further write or
+    /// search: writes that arrive while copying rests still get copied once
+    /// the rest ends.
+    #[test]
+    fn an_idle_index_catches_up_after_writes_during_a_rest() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let dim = 16;
+        let vectors: Vec<Vec<f32>> = (0..600).map(|_| unit(&mut rng, dim)).collect();
+        let index = ServingIndex::new(
+            &params(),
+            FlattenPolicy { flatten_after: 64, max_delta_scan: 100_000, rest_factor: 0, int8: false },
+        );
+        // As after a long copy: every write below finds copying resting.
+        *index.inner.rest_until.lock() = Instant::now() + Duration::from_millis(300);
+        for (i, v) in vectors.iter().enumerate() {
+            index.insert(i, v);
+        }
+        // No request from here on. The bound is for a hung copier, not a
+        // speed check: the copy of 600 points takes milliseconds.
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while index.stats().delta_points > 0 && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let stats = index.stats();
+        assert_eq!((stats.flat_points, stats.delta_points), (600, 0), "the copier caught up on its own");
+        wait_for_copier(&index);
+        for (q, v) in vectors.iter().enumerate().step_by(37) {
+            let (hits, path) = index.search_with_path(v, 1, 64, None);
+            assert_eq!(path, Path::FlatAndDelta);
+            assert_eq!(hits.first().map(|h| h.0), Some(q));
+        }
+    }
+
+    /// Dropping the index while the copier rests ends the copier instead of
+    /// keeping the index alive.
+    #[test]
+    fn a_resting_copier_does_not_keep_the_index_alive() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let index = ServingIndex::new(
+            &params(),
+            FlattenPolicy { flatten_after: 8, max_delta_scan: 100_000, rest_factor: 0, int8: false },
+        );
+        *index.inner.rest_until.lock() = Instant::now() + Duration::from_millis(200);
+        for i in 0..20 {
+            index.insert(i, &unit(&mut rng, 8));
+        }
+        assert!(index.inner.copier.load(Ordering::Acquire), "the writes started the copier");
+        let weak = Arc::downgrade(&index.inner);
+        drop(index);
+        assert!(weak.upgrade().is_none(), "the resting copier holds the index only weakly");
     }
 }
