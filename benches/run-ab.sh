@@ -25,6 +25,17 @@ vectors="$root/.cache/bench/e2e-$N.f32"
 [[ -f "$vectors" ]] || "$venv/bin/python" benches/peers/synth_vectors.py --base "$dir/base.f32" --n "$N" --out "$vectors"
 
 bench_workdir
+# User + system CPU ticks of the cluster's processes (the router and the
+# shards, children of `vitrine cluster`).
+cluster_cpu_ticks() {
+  local total=0 pid f
+  for pid in $(pgrep -P "$cluster_pid"); do
+    # Fields after the command name: utime and stime are the 12th and 13th.
+    read -r -a f < <(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null || echo)
+    total=$((total + ${f[11]:-0} + ${f[12]:-0}))
+  done
+  echo "$total"
+}
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 port=58051
 for round in $(seq 1 "$ROUNDS"); do
@@ -35,8 +46,23 @@ for round in $(seq 1 "$ROUNDS"); do
     cluster_pid=$!
     wait_for_cluster "$work/cluster.log" "$cluster_pid"
     addr="http://127.0.0.1:$port"
-    lg() { target/release/vitrine-loadgen --addr "$addr" --duration "$SECS" "$@" | sed "s/^/round=$round build=$variant /" | tee -a "$work/results.txt"; }
-    lg --mode search-vector --concurrency 8 --seed-items "$N" --seed-from "$vectors" --queries "$dir/queries.f32"
+    # Each run's line gets the CPU time the router and shards spent per
+    # request (user + system, from /proc): at a fixed rate this compares
+    # the builds' cost per request with far less noise than closed-loop QPS.
+    lg() {
+      local before after line requests
+      before=$(cluster_cpu_ticks)
+      line=$(target/release/vitrine-loadgen --addr "$addr" --duration "$SECS" "$@")
+      after=$(cluster_cpu_ticks)
+      requests=$(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$line")
+      echo "round=$round build=$variant $line cpu_ms_per_req=$(python3 -c "print(f'{($after - $before) * 1000 / $(getconf CLK_TCK) / max(${requests:-0}, 1):.3f}')")" \
+        | tee -a "$work/results.txt"
+    }
+    target/release/vitrine-loadgen --addr "$addr" --duration 0 --concurrency 1 --seed-items "$N" --seed-from "$vectors" >/dev/null
+    lg --mode search-vector --concurrency 1 --queries "$dir/queries.f32"
+    lg --mode search-vector --concurrency 8 --queries "$dir/queries.f32"
+    lg --mode search-vector --concurrency 8 --rate 800 --queries "$dir/queries.f32"
+    lg --mode recommend --concurrency 1 --items "$N"
     lg --mode recommend --concurrency 8 --items "$N"
     lg --mode recommend --concurrency 8 --rate 500 --items "$N"
     kill "$cluster_pid" && wait "$cluster_pid" 2>/dev/null || true
@@ -52,14 +78,14 @@ from collections import defaultdict
 rows = [dict(re.findall(r"(\S+?)=(\S+)", l)) for l in open(sys.argv[1])]
 runs = defaultdict(list)
 for r in rows:
-    offered = "closed loop, 8 in flight" if r["rate"] == "max" else f"{r['rate']} req/s"
+    offered = f"closed loop, {r['concurrency']} in flight" if r["rate"] == "max" else f"{r['rate']} req/s"
     runs[(r["mode"], offered)].append(r)
-print("\n| workload | offered | build | round | QPS | p50 | p99 | p99.9 |")
-print("|---|---|---|---|---|---|---|---|")
+print("\n| workload | offered | build | round | QPS | p50 | p99 | p99.9 | cluster CPU ms/request |")
+print("|---|---|---|---|---|---|---|---|---|")
 for (mode, offered), rs in runs.items():
     for r in rs:
-        print(f"| {mode} | {offered} | {r['build']} | {r['round']} | {float(r['qps']):,.0f} | {r['p50']} | {r['p99']} | {r['p99.9']} |")
-    qps = {v: [float(r["qps"]) for r in rs if r["build"] == v] for v in "AB"}
-    if qps["A"] and qps["B"]:
-        print(f"| {mode} | {offered} | B/A mean QPS | | {sum(qps['B']) / len(qps['B']) / (sum(qps['A']) / len(qps['A'])):.2f} | | | |")
+        print(f"| {mode} | {offered} | {r['build']} | {r['round']} | {float(r['qps']):,.0f} | {r['p50']} | {r['p99']} | {r['p99.9']} | {r['cpu_ms_per_req']} |")
+    mean = lambda key, v: (lambda xs: sum(xs) / len(xs) if xs else None)([float(r[key]) for r in rs if r["build"] == v])
+    if mean("qps", "A") and mean("qps", "B"):
+        print(f"| {mode} | {offered} | B/A mean | | {mean('qps', 'B') / mean('qps', 'A'):.2f} | | | | {mean('cpu_ms_per_req', 'B') / mean('cpu_ms_per_req', 'A'):.2f} |")
 PY

@@ -345,6 +345,12 @@ impl Catalog {
         deleted
     }
 
+    /// Whether a write holds the catalogue now, so a search started now
+    /// would wait for it. A hint: the answer may change at once.
+    pub fn writing(&self) -> bool {
+        self.state.is_locked_exclusive()
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<StoredItem>> {
         let s = self.state.read();
         s.by_id.get(id).and_then(|pid| s.points.get(pid)).cloned()
@@ -570,6 +576,21 @@ mod tests {
         assert_eq!(restored.len(), c.len() + 1);
         assert_eq!(restored.tombstones(), 1);
         assert!(restored.search(&extra.vector, 1, &Constraint::default()).hits[0].item.id() == "after-restore");
+    }
+
+    /// The shard runs a plain search on its async worker only when no write
+    /// holds the catalogue; `writing` is what it asks.
+    #[test]
+    fn writing_is_true_exactly_while_a_write_holds_the_catalogue() {
+        let (c, _) = catalog(50, CompactionPolicy::default());
+        assert!(!c.writing());
+        let held = c.state.write();
+        assert!(c.writing());
+        drop(held);
+        let read = c.state.read();
+        assert!(!c.writing(), "readers do not count");
+        drop(read);
+        assert!(!c.writing());
     }
 
     #[test]
