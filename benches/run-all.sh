@@ -10,8 +10,8 @@
 #      embedding of the same titles (benches/run-e2e.sh);
 #   4. with --scale-1m, 2 shards at 1M items (seeding alone takes about
 #      20 minutes on 2 cores).
-# Parts 1-3 take roughly 40 minutes on 2 cores (estimated from the parts'
-# run times; not timed as a whole). Run nothing else meanwhile:
+# Parts 1-3 took 28 minutes on 2 cores (2026-11-30, one run as a whole).
+# Run nothing else meanwhile:
 # the parts measure speed on a shared machine. Every part prints its own
 # tables; the whole output is also kept in .cache/bench/run-all-<time>.log.
 #
