@@ -428,9 +428,10 @@ impl pb::shard_server::Shard for ShardService {
             }
             // A plain index search (no filter, no other source) costs 0.1 to
             // 0.5 ms of CPU, less than handing it to the blocking pool and
-            // back: on 2 cores that hand-off added 0.16 ms to each shard
-            // search and a fifth of the cluster's CPU per request
-            // (docs/PERFORMANCE.md). So it runs here, on the async worker,
+            // back: on 2 cores, with one search in flight, that hand-off
+            // added 0.15 ms to each search and 10% to its CPU cost; under
+            // load it made no measurable difference (docs/PERFORMANCE.md).
+            // So it runs here, on the async worker,
             // unless a write holds the catalogue (the search would wait for
             // it). Filtered searches, which may scan every item, popularity
             // and candidate scoring go to the pool.
