@@ -363,6 +363,28 @@ mod tests {
         index.flatten_now();
     }
 
+    /// Searches every `step`th vector and expects it first, from the copy
+    /// or the delta.
+    fn finds_each_by_its_own_vector(index: &ServingIndex, vectors: &[Vec<f32>], step: usize) {
+        for (q, v) in vectors.iter().enumerate().step_by(step) {
+            let (hits, path) = index.search_with_path(v, 1, 64, None);
+            assert_eq!(path, Path::FlatAndDelta);
+            assert_eq!(hits.first().map(|h| h.0), Some(q));
+        }
+    }
+
+    /// An index that copies after `flatten_after` waiting points, with no
+    /// rest of its own, but resting for `rest` from now, as after a long
+    /// copy.
+    fn resting(flatten_after: usize, rest: Duration) -> ServingIndex {
+        let index = ServingIndex::new(
+            &params(),
+            FlattenPolicy { flatten_after, max_delta_scan: 100_000, rest_factor: 0, int8: false },
+        );
+        *index.inner.rest_until.lock() = Instant::now() + rest;
+        index
+    }
+
     #[test]
     fn every_point_is_found_through_copy_delta_or_graph() {
         let mut rng = StdRng::seed_from_u64(7);
@@ -471,11 +493,7 @@ mod tests {
         index.flatten_now();
         assert_eq!(index.stats().delta_points, 0);
         assert_eq!(held(&index), all);
-        for (q, v) in vectors.iter().enumerate().step_by(50) {
-            let (hits, path) = index.search_with_path(v, 1, 64, None);
-            assert_eq!(path, Path::FlatAndDelta);
-            assert_eq!(hits.first().map(|h| h.0), Some(q));
-        }
+        finds_each_by_its_own_vector(&index, &vectors, 50);
     }
 
     /// After a bulk load, an idle index catches up with no further write or
@@ -486,12 +504,8 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(5);
         let dim = 16;
         let vectors: Vec<Vec<f32>> = (0..600).map(|_| unit(&mut rng, dim)).collect();
-        let index = ServingIndex::new(
-            &params(),
-            FlattenPolicy { flatten_after: 64, max_delta_scan: 100_000, rest_factor: 0, int8: false },
-        );
         // As after a long copy: every write below finds copying resting.
-        *index.inner.rest_until.lock() = Instant::now() + Duration::from_millis(300);
+        let index = resting(64, Duration::from_millis(300));
         for (i, v) in vectors.iter().enumerate() {
             index.insert(i, v);
         }
@@ -504,11 +518,7 @@ mod tests {
         let stats = index.stats();
         assert_eq!((stats.flat_points, stats.delta_points), (600, 0), "the copier caught up on its own");
         wait_for_copier(&index);
-        for (q, v) in vectors.iter().enumerate().step_by(37) {
-            let (hits, path) = index.search_with_path(v, 1, 64, None);
-            assert_eq!(path, Path::FlatAndDelta);
-            assert_eq!(hits.first().map(|h| h.0), Some(q));
-        }
+        finds_each_by_its_own_vector(&index, &vectors, 37);
     }
 
     /// Dropping the index while the copier rests ends the copier instead of
@@ -516,11 +526,7 @@ mod tests {
     #[test]
     fn a_resting_copier_does_not_keep_the_index_alive() {
         let mut rng = StdRng::seed_from_u64(9);
-        let index = ServingIndex::new(
-            &params(),
-            FlattenPolicy { flatten_after: 8, max_delta_scan: 100_000, rest_factor: 0, int8: false },
-        );
-        *index.inner.rest_until.lock() = Instant::now() + Duration::from_millis(200);
+        let index = resting(8, Duration::from_millis(200));
         for i in 0..20 {
             index.insert(i, &unit(&mut rng, 8));
         }
