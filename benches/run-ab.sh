@@ -25,17 +25,6 @@ vectors="$root/.cache/bench/e2e-$N.f32"
 [[ -f "$vectors" ]] || "$venv/bin/python" benches/peers/synth_vectors.py --base "$dir/base.f32" --n "$N" --out "$vectors"
 
 bench_workdir
-# User + system CPU ticks of the cluster's processes (the router and the
-# shards, children of `vitrine cluster`).
-cluster_cpu_ticks() {
-  local total=0 pid f
-  for pid in $(pgrep -P "$cluster_pid"); do
-    # Fields after the command name: utime and stime are the 12th and 13th.
-    read -r -a f < <(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null || echo)
-    total=$((total + ${f[11]:-0} + ${f[12]:-0}))
-  done
-  echo "$total"
-}
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 port=58051
 for round in $(seq 1 "$ROUNDS"); do

@@ -57,3 +57,21 @@ require_title_vectors() {
     exit 1
   fi
 }
+
+# User + system CPU ticks (1/`getconf CLK_TCK` s) of process PID.
+cpu_ticks() {
+  local f
+  # Fields after the command name: utime and stime are the 12th and 13th.
+  read -r -a f < <(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null || echo)
+  echo $((${f[11]:-0} + ${f[12]:-0}))
+}
+
+# CPU ticks of the cluster's processes together (the router and the shards,
+# children of the `vitrine cluster` in $cluster_pid).
+cluster_cpu_ticks() {
+  local total=0 pid
+  for pid in $(pgrep -P "$cluster_pid"); do
+    total=$((total + $(cpu_ticks "$pid")))
+  done
+  echo "$total"
+}
